@@ -1,0 +1,84 @@
+"""Which datasets exist, what they hold, and how a prepared one is found on disk.
+
+Every dataset is a tfds dataset with splits 'train', 'validation' and 'test' and features
+'image', 'labels' (full or verified labels), 'labels_obs' (observed labels), 'index', 'image_id'.
+The demo builds itself; the others are prepared once from the official downloads into
+`config.data.data_dir`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    tfds_name: str
+    num_classes: int
+    label_encoding: str  # 'single_positive' ({0,1}, 0 unobserved) or 'partial' ({-1,0,1}, -1 unobserved)
+    downloads: str  # what the user must fetch by hand
+
+
+DATASETS = {
+    "demo": DatasetSpec("bridgegap_demo", 10, "single_positive", "nothing: built from scikit-learn's digits"),
+    "voc": DatasetSpec("bridgegap_voc", 20, "single_positive", "VOCtrainval_11-May-2012.tar (VOC 2012)"),
+    "coco": DatasetSpec("bridgegap_coco", 80, "single_positive", "COCO 2014 train2014/, val2014/ and annotations_trainval2014.zip"),
+    "nuswide": DatasetSpec("bridgegap_nuswide", 81, "single_positive", "NUS-WIDE images and the single-positive benchmark's formatted files"),
+    "cub": DatasetSpec("bridgegap_cub", 312, "single_positive", "CUB_200_2011.tgz"),
+    "openimages": DatasetSpec(
+        "bridgegap_openimages",
+        5000,
+        "partial",
+        "OpenImages V3 (2017_11): images_2017_11, annotations_human_2017_11, classes_2017_11",
+    ),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    pass
+
+
+def spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ValueError(f"config.data.name={name!r} is not one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_builder(name: str, data_dir: str):
+    """The prepared tfds builder of dataset `name` under `data_dir`, checked against its spec."""
+    import tensorflow_datasets as tfds
+
+    data_spec = spec(name)
+    data_dir = os.path.expanduser(data_dir)
+    if name == "demo":
+        from bridgegap_jax.datasets import demo
+
+        builder = demo.load_builder(data_dir)
+    else:
+        root = os.path.join(data_dir, data_spec.tfds_name)
+        versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
+        prepared = [v for v in versions if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
+        if not prepared:
+            raise DatasetNotFoundError(
+                f"dataset {name!r} is not prepared: no {root}/<version>/dataset_info.json "
+                f"(config.data.data_dir={data_dir!r}). It needs {data_spec.downloads}; prepare it once "
+                f"with `python -m bridgegap_jax.datasets.prepare {name} --source=<downloads> "
+                f"--data_dir={data_dir}` (README, section Data), or point --config.data.data_dir at "
+                "the folder that holds it."
+            )
+        builder = tfds.builder_from_directory(os.path.join(root, prepared[-1]))
+
+    check_label_shapes(builder, name, data_spec.num_classes)
+    return builder
+
+
+def check_label_shapes(builder, name: str, num_classes: int) -> None:
+    for feature in ("labels", "labels_obs"):
+        shape = tuple(builder.info.features[feature].shape)
+        if shape != (num_classes,):
+            raise ValueError(
+                f"dataset {name!r} at {builder.data_dir}: feature {feature!r} has shape {shape}, expected "
+                f"({num_classes},) for {num_classes} classes; the prepared files are not this dataset's "
+                "(re-run its prepare command, or fix config.data.name / config.data.data_dir)."
+            )

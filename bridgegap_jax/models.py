@@ -1,0 +1,169 @@
+"""ResNet in torchvision layout + 1x1-conv class activation map + BoostLU (SPEC §1).
+
+`CAMClassifier` takes uint8 images (B, H, W, 3), normalises them on the device (the host ships
+uint8: a quarter of the bytes and no float work in the input pipeline), runs the trunk, and
+returns (logits, cam): `cam` is the raw class activation map (B, H', W', C) and
+`logits = mean_hw(boost_lu(cam, alpha))`. Head, BoostLU and pooling run in float32 whatever the
+trunk's compute dtype. Parameter names follow torchvision's modules (conv1, bn1, layer1_0, ...),
+so weight conversion is a plain key map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# depth -> (block kind, blocks per stage), as torchvision.
+RESNET_STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+
+def boost_lu(cam: jax.Array, alpha: float) -> jax.Array:
+    """BoostLU: scale the positive CAM cells by alpha (strict >); alpha = 1 is the identity."""
+    return jnp.where(cam > 0, alpha * cam, cam)
+
+
+def normalize_images(images: jax.Array) -> jax.Array:
+    """uint8 RGB in [0, 255] -> ImageNet-normalised float32."""
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
+    std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
+    return (images.astype(jnp.float32) - mean) / std
+
+
+def _pad(p: int):
+    # PyTorch's symmetric padding; 'SAME' would pad (0, 1) on stride-2 convs and shift the outputs.
+    return ((p, p), (p, p))
+
+
+def conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=_pad(kernel // 2),
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        name=name,
+    )
+
+
+def batch_norm(train: bool, name: str, dtype) -> nn.BatchNorm:
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def _torch_bias_init(fan_in: int):
+    """PyTorch's default conv bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as the reference's head."""
+
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / fan_in**0.5
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class BasicBlock(nn.Module):
+    features: int
+    stride: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = conv(self.features, 3, self.stride, "conv1", self.dtype)(x)
+        y = nn.relu(batch_norm(train, "bn1", self.dtype)(y))
+        y = conv(self.features, 3, 1, "conv2", self.dtype)(y)
+        y = batch_norm(train, "bn2", self.dtype)(y)
+        if self.stride != 1 or x.shape[-1] != self.features:
+            x = conv(self.features, 1, self.stride, "downsample_conv", self.dtype)(x)
+            x = batch_norm(train, "downsample_bn", self.dtype)(x)
+        return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+    """v1.5 bottleneck: the stride sits on the 3x3 conv."""
+
+    features: int
+    stride: int
+    dtype: Any
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        out = self.features * self.expansion
+        y = conv(self.features, 1, 1, "conv1", self.dtype)(x)
+        y = nn.relu(batch_norm(train, "bn1", self.dtype)(y))
+        y = conv(self.features, 3, self.stride, "conv2", self.dtype)(y)
+        y = nn.relu(batch_norm(train, "bn2", self.dtype)(y))
+        y = conv(out, 1, 1, "conv3", self.dtype)(y)
+        y = batch_norm(train, "bn3", self.dtype)(y)
+        if self.stride != 1 or x.shape[-1] != out:
+            x = conv(out, 1, self.stride, "downsample_conv", self.dtype)(x)
+            x = batch_norm(train, "downsample_bn", self.dtype)(x)
+        return nn.relu(x + y)
+
+
+class ResNetTrunk(nn.Module):
+    """torchvision ResNet without avgpool and fc: normalised images -> (B, H/32, W/32, features)."""
+
+    depth: int = 50
+    width: int = 64  # channels of the stem; 64 is torchvision, smaller only for tiny demos and tests
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        if self.depth not in RESNET_STAGES:
+            raise ValueError(f"model.depth={self.depth} is not one of {sorted(RESNET_STAGES)}")
+        kind, stages = RESNET_STAGES[self.depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        x = x.astype(self.dtype)
+        x = conv(self.width, 7, 2, "conv1", self.dtype)(x)
+        x = nn.relu(batch_norm(train, "bn1", self.dtype)(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))  # pads with -inf, as PyTorch
+        for stage, num_blocks in enumerate(stages):
+            for i in range(num_blocks):
+                stride = 2 if stage > 0 and i == 0 else 1
+                x = block(self.width * 2**stage, stride, self.dtype, name=f"layer{stage + 1}_{i}")(x, train)
+        return x
+
+
+class CAMClassifier(nn.Module):
+    """uint8 images -> (logits (B, C), raw CAM (B, H', W', C)), both float32."""
+
+    num_classes: int
+    depth: int = 50
+    width: int = 64
+    alpha: float = 5.0  # BoostLU factor; 1.0 is the plain AN / LL model (GAP then linear)
+    dtype: Any = jnp.float32  # trunk compute dtype; parameters are always float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        features = ResNetTrunk(self.depth, self.width, self.dtype, name="trunk")(normalize_images(images), train)
+        cam = nn.Conv(
+            self.num_classes,
+            (1, 1),
+            dtype=jnp.float32,
+            kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+            bias_init=_torch_bias_init(features.shape[-1]),
+            name="head",
+        )(features.astype(jnp.float32))
+        logits = jnp.mean(boost_lu(cam, self.alpha), axis=(1, 2))
+        return logits, cam

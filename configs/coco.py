@@ -1,0 +1,9 @@
+"""MS-COCO 2014, single positive, ResNet-50 at 448 (SPEC §4)."""
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.data.name = "coco"
+    return config
