@@ -51,6 +51,27 @@ def _options(tf):
     return options
 
 
+def _decode_rows(tf, encoded, index, image_size: int, flip_seed: int | None):
+    """Decode (and maybe flip) a batch of encoded images; a stateless flip keyed by example index."""
+
+    def one(args):
+        data, example_index = args
+        image = _decode_and_resize(tf, data, image_size)
+        if flip_seed is not None:
+            key = tf.stack([tf.constant(flip_seed, tf.int64), example_index])
+            image = tf.image.stateless_random_flip_left_right(image, seed=key)
+        return image
+
+    spec = tf.TensorSpec([image_size, image_size, 3], tf.uint8)
+    return tf.map_fn(one, (encoded, index), fn_output_signature=spec)
+
+
+def _process_rows(n, process_index: int, process_count: int):
+    """[start, stop) of this process's rows in a global batch of n rows (n divisible by the count)."""
+    local = n // process_count
+    return process_index * local, (process_index + 1) * local
+
+
 def num_examples(builder, split: str) -> int:
     return builder.info.splits[split].num_examples
 
@@ -66,11 +87,18 @@ def train_batches(
     epoch: int,
     start_step: int = 0,
     flip: bool = True,
-    shuffle_buffer: int = 50_000,
+    shuffle_buffer: int = 10_000,
+    process_index: int = 0,
+    process_count: int = 1,
+    row_multiple: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of {'image' uint8 (B,S,S,3), 'labels' int8 (B,C), 'index' int64 (B,)} for one epoch.
+    """One epoch of global batches of `batch_size`, this process's share of each.
 
-    The last batch keeps its real size, as the reference's DataLoader does.
+    Yields {'image' uint8 (L,S,S,3), 'labels' int8 (L,C): this process's L rows; 'index' int64 (B,):
+    the example indices of the whole global batch}. Every process reads the same global order (a
+    function of seed and epoch only, so any process count sees the same global batches) and
+    decodes only its own rows. The last batch keeps its real size, as the reference's DataLoader
+    does, cut to a multiple of `row_multiple` (the device count) so that it splits evenly.
     """
     tf = _tf()
     import tensorflow_datasets as tfds
@@ -82,27 +110,31 @@ def train_batches(
         decoders={"image": tfds.decode.SkipDecoding()},  # decode after skip(): resuming is cheap
         read_config=tfds.ReadConfig(shuffle_seed=eseed, options=_options(tf)),
     )
+    ds = ds.map(lambda ex: {"image": ex["image"], "labels": tf.cast(ex[label_key], tf.int8), "index": ex["index"]})
     ds = ds.shuffle(shuffle_buffer, seed=eseed, reshuffle_each_iteration=False)
-    ds = ds.skip(start_step * batch_size)
+    ds = ds.skip(start_step * batch_size).batch(batch_size)
 
-    def prepare(example):
-        image = _decode_and_resize(tf, example["image"], image_size)
-        if flip:
-            key = tf.stack([tf.constant(eseed, tf.int64), example["index"]])
-            image = tf.image.stateless_random_flip_left_right(image, seed=key)
-        return {"image": image, "labels": tf.cast(example[label_key], tf.int8), "index": example["index"]}
+    def local_rows(batch):
+        n = tf.shape(batch["index"])[0] // row_multiple * row_multiple
+        start, stop = _process_rows(n, process_index, process_count)
+        return {
+            "image": _decode_rows(tf, batch["image"][start:stop], batch["index"][start:stop], image_size, eseed if flip else None),
+            "labels": batch["labels"][start:stop],
+            "index": batch["index"][:n],
+        }
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(local_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.filter(lambda batch: tf.shape(batch["index"])[0] > 0).prefetch(tf.data.AUTOTUNE)
     yield from tfds.as_numpy(ds)
 
 
 def eval_batches(
-    builder, split: str, *, batch_size: int, image_size: int
+    builder, split: str, *, batch_size: int, image_size: int, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, in stored order: {'image', 'labels' (full), 'index', 'mask' bool (B,)}.
+    """Every example once, in stored order, in global batches padded to `batch_size`.
 
-    The last batch is padded to `batch_size`; padded rows have mask False and index -1.
+    Yields {'image': this process's rows (L = batch_size / process_count), 'labels' (full labels),
+    'index' and 'mask' (True on real rows): the whole global batch}. Padded rows have index -1.
     """
     tf = _tf()
     import tensorflow_datasets as tfds
@@ -113,24 +145,25 @@ def eval_batches(
         decoders={"image": tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(options=_options(tf)),
     )
+    ds = ds.map(lambda ex: {"image": ex["image"], "labels": tf.cast(ex["labels"], tf.int8), "index": ex["index"]})
+    start, stop = _process_rows(batch_size, process_index, process_count)
 
-    def prepare(example):
-        image = _decode_and_resize(tf, example["image"], image_size)
-        return {"image": image, "labels": tf.cast(example["labels"], tf.int8), "index": example["index"]}
+    def local_rows(batch):
+        n = tf.shape(batch["index"])[0]
+        first, last = tf.minimum(start, n), tf.minimum(stop, n)
+        images = _decode_rows(tf, batch["image"][first:last], batch["index"][first:last], image_size, None)
+        return {"image": images, "labels": batch["labels"], "index": batch["index"]}
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    for batch in tfds.as_numpy(ds):
-        yield pad_batch(batch, batch_size)
+    ds = ds.batch(batch_size).map(local_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    for batch in tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)):
+        image = pad_rows(batch.pop("image"), stop - start, 0)
+        batch = {name: pad_rows(value, batch_size, -1 if name == "index" else 0) for name, value in batch.items()}
+        batch["mask"] = batch["index"] >= 0
+        batch["image"] = image
+        yield batch
 
 
-def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """Pad every field to `batch_size` rows and add 'mask' (True on real rows)."""
-    n = len(batch["index"])
-    padded = {}
-    for name, value in batch.items():
-        fill = -1 if name == "index" else 0
-        pad = np.full((batch_size - n,) + value.shape[1:], fill, value.dtype)
-        padded[name] = np.concatenate([value, pad])
-    padded["mask"] = np.arange(batch_size) < n
-    return padded
+def pad_rows(value: np.ndarray, rows: int, fill) -> np.ndarray:
+    """`value` padded with `fill` to `rows` rows."""
+    pad = np.full((rows - len(value),) + value.shape[1:], fill, value.dtype)
+    return np.concatenate([value, pad])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Iterator
@@ -31,6 +30,7 @@ from bridgegap_jax.models import CAMClassifier
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+CLASS_AP_FILE = "test_class_ap.tsv"
 
 
 @flax.struct.dataclass
@@ -178,19 +178,34 @@ def predict(eval_fn: Callable, model_vars: dict, batches: Iterator[dict], mesh) 
 
 
 def evaluate(eval_fn, model_vars, builder, split: str, config, mesh) -> dict:
+    """mAP of `split` (both conventions, and per frequency group where the dataset has groups)."""
     batches = input_pipeline.eval_batches(
-        builder, split, batch_size=config.train.eval_batch_size, image_size=config.data.image_size
+        builder, split, batch_size=config.train.eval_batch_size, image_size=config.data.image_size,
+        process_index=jax.process_index(), process_count=jax.process_count(),
     )
     probs, labels = predict(eval_fn, model_vars, batches, mesh)
     # Partially verified labels (OpenImages) are evaluated on observed entries only (SPEC §5).
     mask = labels != -1 if catalog.spec(config.data.name).label_encoding == "partial" else None
-    summary = metrics.summarize(probs, labels, mask=mask)
-    return {
+    summary = metrics.summarize(probs, labels, mask=mask, groups=catalog.class_groups(builder))
+    result = {
         "map": float(summary["map"]),
         "map_with_positives": float(summary["map_with_positives"]),
         "num_examples": int(len(labels)),
         "ap": [float(a) for a in summary["ap"]],
     }
+    for key, group in summary.items():
+        if key.startswith("group"):
+            result[key] = {"map": float(group["map"]), "map_with_positives": float(group["map_with_positives"])}
+    return result
+
+
+def write_class_ap(path: str, names: list[str], test: dict) -> None:
+    """Per-class test AP as a tab-separated file (class index, name, AP in percent)."""
+    with open(path + ".tmp", "w") as f:
+        f.write("class\tname\tap\n")
+        for index, (name, ap) in enumerate(zip(names, test["ap"])):
+            f.write(f"{index}\t{name}\t{100 * ap:.4f}\n")
+    os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_workdir_config(workdir, config)
 
     mesh = sharding.make_mesh()
+    process_index, process_count = jax.process_index(), jax.process_count()
     data_spec = catalog.spec(config.data.name)
     losses.check_scheme(config.loss.scheme)
     builder = catalog.load_builder(config.data.name, config.data.data_dir)
@@ -270,7 +286,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model, tx = make_model(config, num_classes), make_optimizer(config)
     num_train = input_pipeline.num_examples(builder, "train")
     batch_size = config.train.batch_size
-    steps_per_epoch = math.ceil(num_train / batch_size)
+    # The pipeline cuts the last batch to a multiple of the device count (maybe to nothing).
+    last_rows = num_train % batch_size // mesh.size * mesh.size
+    steps_per_epoch = num_train // batch_size + (last_rows > 0)
+    if last_rows < num_train % batch_size:
+        log.line(f"the last batch of each epoch drops {num_train % batch_size - last_rows} example(s) to split over {mesh.size} devices")
     unobserved_value = losses.UNOBSERVED_VALUE[data_spec.label_encoding]
     delta_rel = config.loss.delta_rel if config.loss.delta_rel is not None else losses.DEFAULT_DELTA_REL[config.loss.scheme]
     corrections = LabelCorrections(num_train, num_classes) if config.loss.scheme == "LL-Cp" else None
@@ -308,20 +328,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             batches = input_pipeline.train_batches(
                 builder, "train", label_key=label_key, batch_size=batch_size, image_size=config.data.image_size,
                 seed=config.seed, epoch=epoch, start_step=progress["step_in_epoch"], flip=config.data.random_flip,
-                shuffle_buffer=config.data.shuffle_buffer,
+                shuffle_buffer=config.data.shuffle_buffer, process_index=process_index, process_count=process_count,
+                row_multiple=mesh.size,
             )
             pending_correction = None
             window_start, window_images = time.perf_counter(), 0
             for step_in_epoch, batch in enumerate(batches, start=progress["step_in_epoch"] + 1):
-                rows = len(batch["index"]) // mesh.size * mesh.size  # a last batch must split evenly
-                if rows < len(batch["index"]):
-                    log.line(f"dropping {len(batch['index']) - rows} example(s) of the last batch: it must split over {mesh.size} devices")
-                    batch = {name: value[:rows] for name, value in batch.items()}
-                if rows == 0:
-                    continue
+                rows = len(batch["index"])  # the global batch
+                local_index = batch["index"][rows // process_count * process_index :][: len(batch["labels"])]
                 observed = batch["labels"]
                 if corrections is not None:
-                    observed = corrections.apply(batch["index"], observed)
+                    observed = corrections.apply(local_index, observed)
                 k = losses.num_large_losses(config.loss.scheme, epoch, rows, num_classes, delta_rel)
                 state, step_metrics, selected = step_fn(
                     state, sharding.to_global(mesh, batch["image"]), sharding.to_global(mesh, observed), jnp.asarray(k, jnp.int32)
@@ -373,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result = {
         "test_map": test["map"],
         "test_map_with_positives": test["map_with_positives"],
-        "test_ap": test["ap"],
+        "test_groups": {key: value for key, value in test.items() if key.startswith("group")},
         "num_test_examples": test["num_examples"],
         "best_epoch": progress["best_epoch"],
         "best_val_map": progress["best_val_map"],
@@ -381,6 +398,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.line(f"test: {_result_line(result)}")
     log.record(kind="test", step=int(state.step), map=test["map"], map_with_positives=test["map_with_positives"])
     if jax.process_index() == 0:
+        write_class_ap(os.path.join(workdir, CLASS_AP_FILE), catalog.class_names(builder, config.data.name), test)
         with open(result_path + ".tmp", "w") as f:
             json.dump(result, f, indent=2)
         os.replace(result_path + ".tmp", result_path)
@@ -388,7 +406,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _result_line(result: dict) -> str:
+    groups = "".join(f", {key} {value['map']:.2f}" for key, value in sorted(result["test_groups"].items()))
     return (
-        f"test mAP {result['test_map']:.2f} (classes without positives dropped: {result['test_map_with_positives']:.2f}) "
-        f"with the checkpoint of epoch {result['best_epoch']} (validation mAP {result['best_val_map']:.2f})"
+        f"test mAP {result['test_map']:.2f} (classes without positives dropped: {result['test_map_with_positives']:.2f}"
+        f"{groups}) with the checkpoint of epoch {result['best_epoch']} (validation mAP {result['best_val_map']:.2f})"
     )

@@ -35,6 +35,11 @@ DATASETS = {
 }
 
 
+# Files a prepared dataset may keep beside its tfds files (in builder.data_dir).
+CLASS_NAMES_FILE = "class_names.txt"  # one name per line, in label order
+CLASS_GROUPS_FILE = "class_groups.npy"  # (C,) int: frequency group 1..5 of each class (SPEC §5)
+
+
 class DatasetNotFoundError(FileNotFoundError):
     pass
 
@@ -82,3 +87,23 @@ def check_label_shapes(builder, name: str, num_classes: int) -> None:
                 f"({num_classes},) for {num_classes} classes; the prepared files are not this dataset's "
                 "(re-run its prepare command, or fix config.data.name / config.data.data_dir)."
             )
+
+
+def class_names(builder, name: str) -> list[str]:
+    path = os.path.join(builder.data_dir, CLASS_NAMES_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return [line.rstrip("\n") for line in f]
+    if name == "demo":
+        from bridgegap_jax.datasets import demo
+
+        return list(demo.CLASS_NAMES)
+    return [str(c) for c in range(spec(name).num_classes)]
+
+
+def class_groups(builder):
+    """Frequency groups of the classes (OpenImages), or None for datasets without them."""
+    import numpy as np
+
+    path = os.path.join(builder.data_dir, CLASS_GROUPS_FILE)
+    return np.load(path) if os.path.exists(path) else None

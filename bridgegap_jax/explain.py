@@ -1,0 +1,698 @@
+"""The paper's explanation analysis (SPEC §7): the CAMs of several runs, side by side and in numbers.
+
+    python -m bridgegap_jax.explain \
+        --run full=runs/demo_full --run an=runs/demo_an --run boostlu=runs/demo_llr_boostlu \
+        --reference full --split test --out docs/explain
+
+A run is a workdir of `python -m bridgegap_jax.main` (its config.json and best checkpoint).
+
+Which map is shown and measured: for every model, the map whose spatial mean is its logit,
+`boost_lu(cam, alpha)` at the alpha the model runs with (the paper's choice). For a model trained
+with alpha = 1 that is the raw CAM. Each non-reference run trained with alpha = 1 also gets a
+column "NAME + BoostLU at inference": the same parameters and raw CAM, run at --inference_alpha, so
+its positive cells (and its probability) grow by alpha while its negative cells stay as they are.
+
+Outputs in --out:
+  cams_<n>.png     rows of ground-truth-positive (image, class) pairs; columns: the image, then each
+                   model's map for that class, bilinearly upsampled to the image and overlaid on it,
+                   one shared colour scale per row (with its colour bar), the model's predicted
+                   probability for the class in the panel title
+  summary.json     over ALL ground-truth-positive pairs of the split, each model against the reference,
+                   cell by cell on the H'xW' grid: least-squares slope through the origin
+                   (model = slope x reference) on positive (reference > 0) and negative
+                   (reference < 0) cells, median per-cell ratio model / reference on both regions,
+                   per-pair Pearson correlation and top-k% IoU, and each model's mean attribution
+  scatter.png      the cell pairs with the fitted slopes
+  ratios.png       histograms of the per-cell ratio on positive and negative regions
+
+The CAM extraction is one jitted function per run: it gathers the requested classes' channels
+from the (B, H', W', C) CAM before boosting or upsampling, so 5,000-class models stay cheap; the
+batch is sharded over all local devices as in evaluation. All pairs' H'xW' maps are kept on the
+host for exact medians: memory grows with pairs x cells x models (COCO at 448: a few hundred MB).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from bridgegap_jax import input_pipeline, sharding, train
+from bridgegap_jax.checkpoint import RunCheckpoints
+from bridgegap_jax.datasets import catalog
+from bridgegap_jax.models import CAMClassifier, boost_lu
+
+SUMMARY_FILE = "summary.json"
+PANEL_INCHES, COLORBAR_INCHES, DPI = 1.7, 0.45, 100
+MEASURED_MAP = (
+    "boost_lu(cam, alpha) at the alpha each model runs with: the map whose spatial mean is the logit "
+    "(the raw CAM for alpha = 1 models; positive cells x alpha for BoostLU models and the "
+    "'+ BoostLU at inference' columns)"
+)
+
+
+class ExplainError(ValueError):
+    """A mistake in the runs or flags given to the tool; the message says what to do."""
+
+
+class RunNotFoundError(ExplainError, FileNotFoundError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs and the models compared
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    name: str
+    workdir: str
+    config: ml_collections.ConfigDict
+    num_classes: int  # of its checkpoint
+    variables: dict | None = None  # params + batch_stats, once restored
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One model of the comparison: a run's parameters at one BoostLU alpha."""
+
+    name: str
+    run: str
+    alpha: float
+
+
+def parse_runs(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """['full=runs/a', 'an=runs/b'] -> [('full', 'runs/a'), ('an', 'runs/b')]."""
+    runs = []
+    for spec in specs:
+        name, sep, workdir = spec.partition("=")
+        if not sep or not name or not workdir:
+            raise ExplainError(f"--run {spec!r} is not NAME=WORKDIR (e.g. --run an=runs/demo_an)")
+        runs.append((name, workdir))
+    names = [name for name, _ in runs]
+    if len(runs) < 2:
+        raise ExplainError(f"give at least two runs to compare (--run NAME=WORKDIR, twice or more), got {len(runs)}")
+    if len(set(names)) != len(names):
+        raise ExplainError(f"run names must differ, got {names}")
+    return runs
+
+
+def _train_command(workdir: str) -> str:
+    return f"python -m bridgegap_jax.main --config=configs/<dataset>.py --workdir={workdir}"
+
+
+def best_checkpoint_classes(workdir: str, step: int) -> int:
+    """The class count of a best checkpoint, read from its metadata (nothing is restored)."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.join(workdir, "checkpoints", "best", str(step), "model")
+    tree = ocp.StandardCheckpointer().metadata(path).item_metadata
+    return int(tree["params"]["head"]["bias"].shape[0])
+
+
+def open_run(name: str, workdir: str) -> Run:
+    """The run's config and class count; a clear error if the workdir or its best checkpoint is missing."""
+    config_path = os.path.join(workdir, train.CONFIG_FILE)
+    if not os.path.isdir(workdir):
+        raise RunNotFoundError(f"run {name!r}: workdir {workdir} does not exist; make it with `{_train_command(workdir)}`")
+    if not os.path.isfile(config_path):
+        raise RunNotFoundError(
+            f"run {name!r}: {config_path} is missing, so {workdir} is not a training run; make one with "
+            f"`{_train_command(workdir)}`"
+        )
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    best = os.path.join(workdir, "checkpoints", "best")
+    step = None
+    if os.path.isdir(best):
+        checkpoints = RunCheckpoints(workdir)
+        step = checkpoints.best_step()
+        checkpoints.close()
+    if step is None:
+        raise RunNotFoundError(
+            f"run {name!r}: no best checkpoint in {best} (training has not finished a validation epoch); "
+            f"train or resume it with `python -m bridgegap_jax.main --config=configs/{config.data.name}.py "
+            f"--workdir={workdir}` and the --config.* overrides it was started with (see {config_path})"
+        )
+    return Run(name, workdir, config, best_checkpoint_classes(workdir, step))
+
+
+def check_compatible(runs: Sequence[Run], dataset_classes: int) -> None:
+    """Every run must predict the dataset's classes on the same CAM grid as the reference (the first)."""
+    reference = runs[0]
+    for run in runs:
+        if run.num_classes != dataset_classes:
+            raise ExplainError(
+                f"run {run.name!r} ({run.workdir}) has a {run.num_classes}-class checkpoint, but dataset "
+                f"{reference.config.data.name!r} has {dataset_classes} classes"
+            )
+        for field in ("data.name", "data.image_size"):
+            section, key = field.split(".")
+            if run.config[section][key] != reference.config[section][key]:
+                raise ExplainError(
+                    f"runs {reference.name!r} and {run.name!r} differ in config.{field} "
+                    f"({reference.config[section][key]!r} vs {run.config[section][key]!r}); compare runs of one "
+                    "dataset and input size"
+                )
+
+
+def restore(run: Run, mesh) -> tuple[CAMClassifier, dict]:
+    model = train.make_model(run.config, run.num_classes)
+    abstract = train.abstract_state(model, train.make_optimizer(run.config), run.config.data.image_size, mesh)
+    checkpoints = RunCheckpoints(run.workdir)
+    try:
+        variables = checkpoints.restore_best(abstract.model_vars())
+    finally:
+        checkpoints.close()
+    return model, variables
+
+
+def make_columns(runs: Sequence[Run], inference_alpha: float) -> list[Column]:
+    """Each run as trained; plus '+ BoostLU at inference' for non-reference runs trained with alpha = 1."""
+    columns = []
+    for i, run in enumerate(runs):
+        alpha = float(run.config.model.alpha)
+        columns.append(Column(run.name, run.name, alpha))
+        if i > 0 and alpha == 1.0 and inference_alpha != 1.0:
+            columns.append(Column(f"{run.name} + BoostLU at inference", run.name, float(inference_alpha)))
+    return columns
+
+
+def class_names(dataset: str, num_classes: int) -> list[str]:
+    """Human-readable names where the dataset has them (the demo), class indices otherwise."""
+    if dataset == "demo":
+        from bridgegap_jax.datasets import demo
+
+        return list(demo.CLASS_NAMES)
+    return [str(c) for c in range(num_classes)]
+
+
+def resolve_classes(requested: Sequence[str], names: Sequence[str]) -> list[int]:
+    """Class names (or indices) -> indices; an unknown one is an error listing the valid ones."""
+    ids = []
+    for item in requested:
+        if item in names:
+            ids.append(names.index(item))
+        elif item.isdigit() and int(item) < len(names):
+            ids.append(int(item))
+        else:
+            shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+            raise ExplainError(f"class {item!r} not found; classes are: {shown} (or an index 0..{len(names) - 1})")
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------
+# CAM extraction
+# ----------------------------------------------------------------------------------------------
+def cam_fn(model: CAMClassifier, alphas: Sequence[float], mesh, upsample_to: int | None = None):
+    """jit: (variables, images (B,S,S,3) uint8, class_ids (B,K) int) -> (maps, probs).
+
+    maps (A, B, H', W', K) = boost_lu(cam, alpha) of the K requested classes for each alpha (the map
+    whose spatial mean is the logit), bilinearly upsampled to (S, S) if upsample_to = S; probs
+    (A, B, K) = sigmoid(mean_hw(boost_lu(cam, alpha))) at the CAM's own resolution.
+    """
+    alphas = tuple(float(a) for a in alphas)
+
+    def extract(variables, images, class_ids):
+        _, cam = model.apply(variables, images, train=False)
+        cam = jnp.take_along_axis(cam, class_ids[:, None, None, :], axis=-1)  # gather first: K << C
+        maps = jnp.stack([boost_lu(cam, alpha) for alpha in alphas])
+        probs = jax.nn.sigmoid(jnp.mean(maps, axis=(2, 3)))
+        if upsample_to is not None:
+            a, b, _, _, k = maps.shape
+            maps = jax.image.resize(maps, (a, b, upsample_to, upsample_to, k), "bilinear")
+        return maps, probs
+
+    batch = sharding.batch_sharded(mesh)
+    return jax.jit(extract, in_shardings=(sharding.replicated(mesh), batch, batch))
+
+
+def positive_class_ids(labels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, C) labels -> class ids (B, K) of the ground-truth positives and their validity (B, K).
+
+    K is rounded up to a power of two so that few shapes are compiled.
+    """
+    positive = (labels == 1) & mask[:, None]
+    k = max(1, int(positive.sum(1).max(initial=0)))
+    k = 1 << (k - 1).bit_length()
+    order = np.argsort(~positive, axis=1, kind="stable")[:, :k]  # positives first, in class order
+    valid = np.take_along_axis(positive, order, axis=1)
+    return np.where(valid, order, 0).astype(np.int32), valid
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows of the figures: a seeded random sample of the matching pairs, drawn in one pass
+# ----------------------------------------------------------------------------------------------
+def _pair_keys(seed: int, index: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+    """A seeded pseudo-random key per (image, class): splitmix64, independent of batching."""
+    x = (index.astype(np.uint64) << np.uint64(20)) + class_ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class RowPicker:
+    """Keeps the `num_rows` matching pairs of smallest key (and their images) while the split streams by."""
+
+    def __init__(self, num_rows: int, seed: int, classes: Sequence[int] = (), image_ids: Sequence[int] = ()):
+        self.num_rows, self.seed = num_rows, seed
+        self.classes, self.image_ids = set(classes), set(image_ids)
+        self.rows: list[tuple[int, int, int, np.ndarray]] = []  # (key, image index, class, image)
+
+    def offer(self, images: np.ndarray, index: np.ndarray, class_ids: np.ndarray, valid: np.ndarray) -> None:
+        keep = valid.copy()
+        if self.classes:
+            keep &= np.isin(class_ids, list(self.classes))
+        if self.image_ids:
+            keep &= np.isin(index, list(self.image_ids))[:, None]
+        if not keep.any():
+            return
+        rows, cols = np.nonzero(keep)
+        keys = _pair_keys(self.seed, index[rows], class_ids[rows, cols])
+        for key, r, c in zip(keys, rows, cols):
+            self.rows.append((int(key), int(index[r]), int(class_ids[r, c]), images[r]))
+        self.rows = sorted(self.rows, key=lambda row: row[0])[: self.num_rows]
+        self.rows = [(key, i, c, np.array(image)) for key, i, c, image in self.rows]  # own the images
+
+    def picked(self) -> list[tuple[int, int, np.ndarray]]:
+        """(image index, class, image), ordered by class then image."""
+        return sorted(((i, c, image) for _, i, c, image in self.rows), key=lambda row: row[:2])
+
+
+# ----------------------------------------------------------------------------------------------
+# One pass over the split
+# ----------------------------------------------------------------------------------------------
+def extract_split(runs, models, columns, batches, mesh, picker: RowPicker):
+    """Every ground-truth-positive pair's map (H'*W' cells) and probability, for every column."""
+    fns = {run.name: cam_fn(models[run.name], [c.alpha for c in columns if c.run == run.name], mesh) for run in runs}
+    maps = {c.name: [] for c in columns}
+    probs = {c.name: [] for c in columns}
+    num_images, grid = 0, None
+    for batch in batches:
+        class_ids, valid = positive_class_ids(batch["labels"], batch["mask"])
+        picker.offer(batch["image"], batch["index"], class_ids, valid)
+        num_images += int(batch["mask"].sum())
+        images, ids = sharding.to_global(mesh, batch["image"]), sharding.to_global(mesh, class_ids)
+        for run in runs:
+            run_maps, run_probs = (sharding.to_host(x) for x in fns[run.name](run.variables, images, ids))
+            run_maps = np.moveaxis(run_maps, -1, 2)[:, valid]  # (A, pairs, H', W')
+            grid = run_maps.shape[2:]
+            for column, column_maps, column_probs in zip(
+                [c for c in columns if c.run == run.name], run_maps, run_probs[:, valid]
+            ):
+                maps[column.name].append(column_maps.reshape(len(column_maps), -1))
+                probs[column.name].append(column_probs)
+    if grid is None:
+        raise ExplainError("the split is empty: there is nothing to explain")
+    maps = {name: np.concatenate(parts) for name, parts in maps.items()}
+    probs = {name: np.concatenate(parts) for name, parts in probs.items()}
+    return maps, probs, num_images, tuple(int(g) for g in grid)
+
+
+def figure_maps(runs, models, columns, picked, mesh, image_size: int):
+    """The picked rows' maps, upsampled to the image, (rows, columns, S, S), and probabilities (rows, columns)."""
+    n = len(picked)
+    padded = -(-n // mesh.size) * mesh.size
+    images = np.zeros((padded, image_size, image_size, 3), np.uint8)
+    class_ids = np.zeros((padded, 1), np.int32)
+    for r, (_, c, image) in enumerate(picked):
+        images[r], class_ids[r, 0] = image, c
+    images, class_ids = sharding.to_global(mesh, images), sharding.to_global(mesh, class_ids)
+    out_maps, out_probs = {}, {}
+    for run in runs:
+        alphas = [c.alpha for c in columns if c.run == run.name]
+        run_maps, run_probs = cam_fn(models[run.name], alphas, mesh, upsample_to=image_size)(run.variables, images, class_ids)
+        run_maps, run_probs = sharding.to_host(run_maps), sharding.to_host(run_probs)
+        for a, column in enumerate(c for c in columns if c.run == run.name):
+            out_maps[column.name], out_probs[column.name] = run_maps[a, :n, :, :, 0], run_probs[a, :n, 0]
+    return (np.stack([out_maps[c.name] for c in columns], 1), np.stack([out_probs[c.name] for c in columns], 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Numbers
+# ----------------------------------------------------------------------------------------------
+def slope_through_origin(reference: np.ndarray, model: np.ndarray) -> float:
+    """Least squares of model = slope x reference (no intercept)."""
+    reference, model = reference.astype(np.float64), model.astype(np.float64)
+    denominator = np.sum(reference * reference)
+    return float(np.sum(reference * model) / denominator) if denominator > 0 else float("nan")
+
+
+def pearson_per_pair(reference: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """Correlation of each pair's two maps, (pairs, cells) -> (pairs,); NaN where a map is constant."""
+    x = reference - reference.mean(1, keepdims=True)
+    y = model - model.mean(1, keepdims=True)
+    denominator = np.sqrt(np.sum(x * x, 1) * np.sum(y * y, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, np.sum(x * y, 1) / denominator, np.nan)
+
+
+def top_k_iou_per_pair(reference: np.ndarray, model: np.ndarray, percent: float) -> np.ndarray:
+    """IoU of the top-`percent`% cells of each pair's two maps, (pairs, cells) -> (pairs,)."""
+    cells = reference.shape[1]
+    k = min(cells, max(1, round(cells * percent / 100)))
+
+    def top(maps):
+        mask = np.zeros(maps.shape, bool)
+        np.put_along_axis(mask, np.argsort(-maps, axis=1, kind="stable")[:, :k], True, axis=1)
+        return mask
+
+    a, b = top(reference), top(model)
+    return np.sum(a & b, 1) / np.sum(a | b, 1)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if values.size else float("nan")
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def compare(reference: np.ndarray, model: np.ndarray, top_k_percent: float) -> dict:
+    """The cell-by-cell and per-pair comparison of one model's maps with the reference's (pairs, cells)."""
+    positive, negative = reference > 0, reference < 0
+    ratio = model / np.where(reference == 0, 1, reference)
+    pearson = pearson_per_pair(reference, model)
+    return {
+        "slope_positive_cells": slope_through_origin(reference[positive], model[positive]),
+        "slope_negative_cells": slope_through_origin(reference[negative], model[negative]),
+        "median_ratio_positive_cells": _median(ratio[positive]),
+        "median_ratio_negative_cells": _median(ratio[negative]),
+        "mean_on_reference_positive_cells": _mean(model[positive]),
+        "pearson_mean": float(np.nanmean(pearson)) if np.isfinite(pearson).any() else float("nan"),
+        "pearson_median": float(np.nanmedian(pearson)) if np.isfinite(pearson).any() else float("nan"),
+        "pearson_undefined_pairs": int(np.isnan(pearson).sum()),
+        f"top{top_k_percent:g}_iou_mean": float(np.mean(top_k_iou_per_pair(reference, model, top_k_percent))),
+        "num_positive_cells": int(positive.sum()),
+        "num_negative_cells": int(negative.sum()),
+    }
+
+
+def summarize(columns, maps, probs, reference: str, top_k_percent: float) -> dict:
+    models = {}
+    for column in columns:
+        own = maps[column.name]
+        entry = {
+            "run": column.run,
+            "alpha": column.alpha,
+            "mean_positive_cell_attribution": _mean(own[own > 0]),
+            "mean_logit": float(np.mean(own)),  # the spatial mean of the map is the logit
+            "mean_probability": float(np.mean(probs[column.name])),
+        }
+        if column.name != reference:
+            entry["vs_reference"] = compare(maps[reference], own, top_k_percent)
+        models[column.name] = entry
+    return models
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg; imported only here)
+# ----------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_size_px(num_rows: int, num_columns: int) -> tuple[int, int]:
+    """(width, height) in pixels of a CAM figure: the image column, the model columns, the colour bars."""
+    width = PANEL_INCHES * (num_columns + 1) + COLORBAR_INCHES
+    return round(width * DPI), round(PANEL_INCHES * 1.18 * num_rows * DPI)
+
+
+def draw_cam_figure(path: str, images, rows, maps, probs, columns: Sequence[Column], names: Sequence[str]) -> None:
+    """images (R,S,S,3); rows [(image index, class)]; maps (R, V, S, S); probs (R, V)."""
+    plt = _pyplot()
+    width, height = figure_size_px(len(rows), len(columns))
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    grid = fig.add_gridspec(
+        len(rows), len(columns) + 2, width_ratios=[1] * (len(columns) + 1) + [0.08],
+        left=0.01, right=0.96, top=1 - 0.42 / (height / DPI), bottom=0.01, wspace=0.05, hspace=0.3,
+    )
+    for r, (index, c) in enumerate(rows):
+        ax = fig.add_subplot(grid[r, 0])
+        ax.imshow(images[r], interpolation="nearest")
+        ax.set_title(f"{'image' + chr(10) if r == 0 else ''}#{index}: {names[c]}", fontsize=7)
+        ax.axis("off")
+        vmin, vmax = float(maps[r].min()), float(maps[r].max())  # one colour scale per row
+        grey = images[r].mean(-1)  # a grey underlay: the colours are the map's, and the PNG stays small
+        for v, column in enumerate(columns):
+            ax = fig.add_subplot(grid[r, v + 1])
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            shown = ax.imshow(maps[r, v], cmap="jet", vmin=vmin, vmax=vmax, alpha=0.55, interpolation="nearest")
+            header = column.name.replace(" + ", "\n+ ") + "\n" if r == 0 else ""
+            ax.set_title(f"{header}p = {probs[r, v]:.3f}", fontsize=7)
+            ax.axis("off")
+        bar = fig.colorbar(shown, cax=fig.add_subplot(grid[r, -1]))
+        bar.ax.tick_params(labelsize=6)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _sample(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False)) if n > limit else np.arange(n)
+
+
+def draw_scatter(path: str, columns, maps, models: dict, reference: str) -> None:
+    """Cell pairs (reference, model) with the fitted slopes through the origin, one panel per model."""
+    plt = _pyplot()
+    compared = [c for c in columns if c.name != reference]
+    fig, axes = plt.subplots(1, len(compared), figsize=(3.2 * len(compared), 3.2), dpi=DPI, squeeze=False)
+    x_all = maps[reference].ravel()
+    keep = _sample(x_all.size, 20_000)
+    for ax, column in zip(axes[0], compared):
+        x, y = x_all[keep], maps[column.name].ravel()[keep]
+        ax.scatter(x, y, s=2, alpha=0.25, color="tab:blue", rasterized=True)
+        stats = models[column.name]["vs_reference"]
+        for sign, slope, colour in ((1, stats["slope_positive_cells"], "tab:red"), (-1, stats["slope_negative_cells"], "tab:green")):
+            end = np.max(sign * x_all) * sign if np.any(sign * x_all > 0) else 0.0
+            ax.plot([0, end], [0, slope * end], color=colour, lw=1.5,
+                    label=f"{'positive' if sign > 0 else 'negative'} cells: slope {slope:.2f}")
+        lo, hi = float(x.min()), float(x.max())
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlabel(f"{reference} (reference)", fontsize=8)
+        ax.set_ylabel(column.name, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def draw_ratio_histograms(path: str, columns, maps, reference: str) -> None:
+    """Per-cell ratio model / reference on the reference's positive and negative cells."""
+    plt = _pyplot()
+    compared = [c for c in columns if c.name != reference]
+    ref = maps[reference]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=DPI)
+    for ax, region, cells in ((axes[0], "positive", ref > 0), (axes[1], "negative", ref < 0)):
+        ratios = {c.name: maps[c.name][cells] / ref[cells] for c in compared}
+        if not cells.any():
+            ax.set_title(f"no {region} reference cells", fontsize=8)
+            continue
+        everything = np.concatenate(list(ratios.values()))
+        lo, hi = np.percentile(everything, [1, 99])
+        lo, hi = min(lo, 0.0), max(hi, 1.5)
+        for i, (name, values) in enumerate(ratios.items()):
+            colour = f"C{i}"
+            ax.hist(np.clip(values, lo, hi), bins=60, range=(lo, hi), histtype="step", color=colour,
+                    label=f"{name}: median {np.median(values):.2f}")
+            ax.axvline(np.median(values), color=colour, lw=0.8, ls=":")
+        ax.axvline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_title(f"{region} cells ({reference} {'>' if region == 'positive' else '<'} 0): model / {reference}", fontsize=8)
+        ax.set_xlabel("ratio per cell (clipped to the 1st-99th percentile)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# The tool
+# ----------------------------------------------------------------------------------------------
+def explain(
+    run_specs: Sequence[tuple[str, str]],
+    out: str,
+    *,
+    reference: str | None = None,
+    split: str = "test",
+    inference_alpha: float = 5.0,
+    top_k_percent: float = 20.0,
+    classes: Sequence[str] = (),
+    image_ids: Sequence[int] = (),
+    num_rows: int = 8,
+    rows_per_figure: int = 4,
+    seed: int = 0,
+    data_dir: str | None = None,
+) -> dict:
+    """Figures and summary.json for runs [(name, workdir)], compared with `reference`; returns the summary."""
+    names = [name for name, _ in run_specs]
+    reference = reference or names[0]
+    if reference not in names:
+        raise ExplainError(f"--reference {reference!r} is not one of the runs {names}")
+    if not 0 < top_k_percent <= 100:
+        raise ExplainError(f"--top_k_percent={top_k_percent} must lie in (0, 100]")
+    runs = [open_run(name, workdir) for name, workdir in run_specs]
+    runs.sort(key=lambda run: run.name != reference)  # the reference first
+    config = runs[0].config
+    data_spec = catalog.spec(config.data.name)
+    check_compatible(runs, data_spec.num_classes)
+    class_list = class_names(config.data.name, data_spec.num_classes)
+    class_filter = resolve_classes(classes, class_list)
+
+    builder = catalog.load_builder(config.data.name, data_dir or config.data.data_dir)
+    if split not in builder.info.splits:
+        raise ExplainError(f"--split={split!r} is not one of the dataset's splits {sorted(builder.info.splits)}")
+    num_examples = input_pipeline.num_examples(builder, split)
+    outside = [i for i in image_ids if not 0 <= i < num_examples]
+    if outside:
+        raise ExplainError(f"--image_ids {outside} are not in split {split!r}, whose images are 0..{num_examples - 1}")
+
+    mesh = sharding.make_mesh()
+    batch_size = config.train.eval_batch_size
+    if batch_size % mesh.size:
+        raise ExplainError(f"config.train.eval_batch_size={batch_size} of run {reference!r} is not divisible by the {mesh.size} devices")
+    models = {}
+    for run in runs:
+        models[run.name], run.variables = restore(run, mesh)
+    columns = make_columns(runs, inference_alpha)
+
+    picker = RowPicker(num_rows, seed, class_filter, image_ids)
+    batches = input_pipeline.eval_batches(builder, split, batch_size=batch_size, image_size=config.data.image_size)
+    maps, probs, num_images, grid = extract_split(runs, models, columns, batches, mesh, picker)
+
+    os.makedirs(out, exist_ok=True)
+    figures = write_figures(out, runs, models, columns, picker.picked(), mesh, config.data.image_size, class_list, rows_per_figure)
+    summary = {
+        "dataset": config.data.name,
+        "split": split,
+        "num_images": num_images,
+        "num_positive_pairs": int(len(probs[reference])),
+        "cam_grid": list(grid),
+        "measured_map": MEASURED_MAP,
+        "reference": reference,
+        "inference_alpha": inference_alpha,
+        "top_k_percent": top_k_percent,
+        "runs": {run.name: _run_info(run) for run in runs},
+        "models": summarize(columns, maps, probs, reference, top_k_percent),
+        "figures": figures,
+    }
+    draw_scatter(os.path.join(out, "scatter.png"), columns, maps, summary["models"], reference)
+    draw_ratio_histograms(os.path.join(out, "ratios.png"), columns, maps, reference)
+    with open(os.path.join(out, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def write_figures(out, runs, models, columns, picked, mesh, image_size, names, rows_per_figure) -> list[str]:
+    if not picked:
+        print("no ground-truth-positive pair matches --classes / --image_ids: no CAM figure written")
+        return []
+    maps, probs = figure_maps(runs, models, columns, picked, mesh, image_size)
+    files = []
+    for start in range(0, len(picked), rows_per_figure):
+        part = slice(start, start + rows_per_figure)
+        name = f"cams_{start // rows_per_figure + 1}.png"
+        images = np.stack([image for _, _, image in picked[part]])
+        rows = [(i, c) for i, c, _ in picked[part]]
+        draw_cam_figure(os.path.join(out, name), images, rows, maps[part], probs[part], columns, names)
+        files.append(name)
+    return files
+
+
+def _run_info(run: Run) -> dict:
+    info = {
+        "workdir": run.workdir,
+        "alpha": float(run.config.model.alpha),
+        "scheme": run.config.loss.scheme,
+        "train_labels": run.config.data.train_labels,
+    }
+    result = os.path.join(run.workdir, train.RESULT_FILE)
+    if os.path.isfile(result):
+        with open(result) as f:
+            info["test_map"] = json.load(f)["test_map"]
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def define_flags():
+    from absl import flags
+
+    flags.DEFINE_multi_string("run", None, "NAME=WORKDIR of a run to compare; give two or more.")
+    flags.DEFINE_string("reference", None, "Name of the reference (full-label) run; default: the first --run.")
+    flags.DEFINE_string("split", "test", "Dataset split to explain.")
+    flags.DEFINE_string("out", None, "Output folder for the PNG figures and summary.json.")
+    flags.DEFINE_float("inference_alpha", 5.0, "BoostLU alpha of the '+ BoostLU at inference' columns (1: none).")
+    flags.DEFINE_float("top_k_percent", 20.0, "k of the top-k% IoU between a model's and the reference's map.")
+    flags.DEFINE_list("classes", [], "Figure rows only for these classes (names, or indices where there are none).")
+    flags.DEFINE_list("image_ids", [], "Figure rows only for these images (their index in the split).")
+    flags.DEFINE_integer("num_rows", 8, "Figure rows: a seeded random sample of the matching (image, class) pairs.")
+    flags.DEFINE_integer("rows_per_figure", 4, "Rows per PNG file.")
+    flags.DEFINE_integer("seed", 0, "Seed of the row sample.")
+    flags.DEFINE_string("data_dir", None, "Where the dataset is prepared; default: the reference run's config.data.data_dir.")
+    flags.mark_flags_as_required(["run", "out"])
+
+
+def main(argv):
+    import sys
+
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.ERROR)  # orbax logs every file it reads
+    f = flags.FLAGS
+    try:
+        image_ids = [int(i) for i in f.image_ids]
+    except ValueError:
+        raise app.UsageError(f"--image_ids must be integers (indices in the split), got {f.image_ids}")
+    try:
+        summary = explain(
+            parse_runs(f.run), f.out, reference=f.reference, split=f.split, inference_alpha=f.inference_alpha,
+            top_k_percent=f.top_k_percent, classes=f.classes, image_ids=image_ids, num_rows=f.num_rows,
+            rows_per_figure=f.rows_per_figure, seed=f.seed, data_dir=f.data_dir,
+        )
+    except (ExplainError, catalog.DatasetNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(format_summary(summary))
+    print(f"wrote {SUMMARY_FILE}, scatter.png, ratios.png and {len(summary['figures'])} CAM figure(s) to {f.out}")
+
+
+def format_summary(summary: dict) -> str:
+    """A short table of the headline numbers."""
+    lines = [
+        f"{summary['dataset']} {summary['split']}: {summary['num_positive_pairs']} ground-truth-positive pairs, "
+        f"CAM grid {summary['cam_grid']}, reference {summary['reference']!r}",
+        f"{'model':34s} {'mean+attr':>9s} {'mean p':>7s} {'slope+':>7s} {'slope-':>7s} {'ratio+':>7s} {'ratio-':>7s} {'pearson':>7s} {'IoU':>6s}",
+    ]
+    for name, m in summary["models"].items():
+        v = m.get("vs_reference")
+        iou = next((value for key, value in v.items() if key.endswith("_iou_mean")), None) if v else None
+        compared = (
+            f" {v['slope_positive_cells']:7.3f} {v['slope_negative_cells']:7.3f} {v['median_ratio_positive_cells']:7.3f}"
+            f" {v['median_ratio_negative_cells']:7.3f} {v['pearson_mean']:7.3f} {iou:6.3f}" if v else "  (reference)"
+        )
+        lines.append(f"{name:34s} {m['mean_positive_cell_attribution']:9.3f} {m['mean_probability']:7.3f}{compared}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    define_flags()  # here, not at import: tests and other tools import this module
+    app.run(main)
