@@ -1,4 +1,4 @@
-"""The paper's explanation analysis (SPEC §7): the CAMs of several runs, side by side and in numbers.
+r"""The paper's explanation analysis (SPEC §7): the CAMs of several runs, side by side and in numbers.
 
     python -m bridgegap_jax.explain \
         --run full=runs/demo_full --run an=runs/demo_an --run boostlu=runs/demo_llr_boostlu \
@@ -27,8 +27,9 @@ Outputs in --out:
 
 The CAM extraction is one jitted function per run: it gathers the requested classes' channels
 from the (B, H', W', C) CAM before boosting or upsampling, so 5,000-class models stay cheap; the
-batch is sharded over all local devices as in evaluation. All pairs' H'xW' maps are kept on the
-host for exact medians: memory grows with pairs x cells x models (COCO at 448: a few hundred MB).
+batch is sharded over the devices of one host, as in evaluation (the tool runs as one process).
+All pairs' H'xW' maps are kept on the host for exact medians: memory grows with pairs x cells x
+models (COCO at 448: a few hundred MB).
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
-from bridgegap_jax import input_pipeline, sharding, train
+from bridgegap_jax import cam_figures, cam_stats, input_pipeline, sharding, train
 from bridgegap_jax.checkpoint import RunCheckpoints
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.models import CAMClassifier, boost_lu
 
 SUMMARY_FILE = "summary.json"
-PANEL_INCHES, COLORBAR_INCHES, DPI = 1.7, 0.45, 100
 MEASURED_MAP = (
     "boost_lu(cam, alpha) at the alpha each model runs with: the map whose spatial mean is the logit "
     "(the raw CAM for alpha = 1 models; positive cells x alpha for BoostLU models and the "
@@ -110,26 +111,25 @@ def best_checkpoint_classes(workdir: str, step: int) -> int:
     """The class count of a best checkpoint, read from its metadata (nothing is restored)."""
     import orbax.checkpoint as ocp
 
-    path = os.path.join(workdir, "checkpoints", "best", str(step), "model")
+    path = epath.Path(workdir) / "checkpoints" / "best" / str(step) / "model"
     tree = ocp.StandardCheckpointer().metadata(path).item_metadata
     return int(tree["params"]["head"]["bias"].shape[0])
 
 
 def open_run(name: str, workdir: str) -> Run:
     """The run's config and class count; a clear error if the workdir or its best checkpoint is missing."""
-    config_path = os.path.join(workdir, train.CONFIG_FILE)
-    if not os.path.isdir(workdir):
+    config_path = epath.Path(workdir) / train.CONFIG_FILE  # epath: local or gs:// workdirs
+    if not epath.Path(workdir).is_dir():
         raise RunNotFoundError(f"run {name!r}: workdir {workdir} does not exist; make it with `{_train_command(workdir)}`")
-    if not os.path.isfile(config_path):
+    if not config_path.exists():
         raise RunNotFoundError(
             f"run {name!r}: {config_path} is missing, so {workdir} is not a training run; make one with "
             f"`{_train_command(workdir)}`"
         )
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    best = os.path.join(workdir, "checkpoints", "best")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    best = epath.Path(workdir) / "checkpoints" / "best"
     step = None
-    if os.path.isdir(best):
+    if best.is_dir():
         checkpoints = RunCheckpoints(workdir)
         step = checkpoints.best_step()
         checkpoints.close()
@@ -181,15 +181,6 @@ def make_columns(runs: Sequence[Run], inference_alpha: float) -> list[Column]:
         if i > 0 and alpha == 1.0 and inference_alpha != 1.0:
             columns.append(Column(f"{run.name} + BoostLU at inference", run.name, float(inference_alpha)))
     return columns
-
-
-def class_names(dataset: str, num_classes: int) -> list[str]:
-    """Human-readable names where the dataset has them (the demo), class indices otherwise."""
-    if dataset == "demo":
-        from bridgegap_jax.datasets import demo
-
-        return list(demo.CLASS_NAMES)
-    return [str(c) for c in range(num_classes)]
 
 
 def resolve_classes(requested: Sequence[str], names: Sequence[str]) -> list[int]:
@@ -334,192 +325,6 @@ def figure_maps(runs, models, columns, picked, mesh, image_size: int):
 
 
 # ----------------------------------------------------------------------------------------------
-# Numbers
-# ----------------------------------------------------------------------------------------------
-def slope_through_origin(reference: np.ndarray, model: np.ndarray) -> float:
-    """Least squares of model = slope x reference (no intercept)."""
-    reference, model = reference.astype(np.float64), model.astype(np.float64)
-    denominator = np.sum(reference * reference)
-    return float(np.sum(reference * model) / denominator) if denominator > 0 else float("nan")
-
-
-def pearson_per_pair(reference: np.ndarray, model: np.ndarray) -> np.ndarray:
-    """Correlation of each pair's two maps, (pairs, cells) -> (pairs,); NaN where a map is constant."""
-    x = reference - reference.mean(1, keepdims=True)
-    y = model - model.mean(1, keepdims=True)
-    denominator = np.sqrt(np.sum(x * x, 1) * np.sum(y * y, 1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, np.sum(x * y, 1) / denominator, np.nan)
-
-
-def top_k_iou_per_pair(reference: np.ndarray, model: np.ndarray, percent: float) -> np.ndarray:
-    """IoU of the top-`percent`% cells of each pair's two maps, (pairs, cells) -> (pairs,)."""
-    cells = reference.shape[1]
-    k = min(cells, max(1, round(cells * percent / 100)))
-
-    def top(maps):
-        mask = np.zeros(maps.shape, bool)
-        np.put_along_axis(mask, np.argsort(-maps, axis=1, kind="stable")[:, :k], True, axis=1)
-        return mask
-
-    a, b = top(reference), top(model)
-    return np.sum(a & b, 1) / np.sum(a | b, 1)
-
-
-def _mean(values: np.ndarray) -> float:
-    return float(np.mean(values)) if values.size else float("nan")
-
-
-def _median(values: np.ndarray) -> float:
-    return float(np.median(values)) if values.size else float("nan")
-
-
-def compare(reference: np.ndarray, model: np.ndarray, top_k_percent: float) -> dict:
-    """The cell-by-cell and per-pair comparison of one model's maps with the reference's (pairs, cells)."""
-    positive, negative = reference > 0, reference < 0
-    ratio = model / np.where(reference == 0, 1, reference)
-    pearson = pearson_per_pair(reference, model)
-    return {
-        "slope_positive_cells": slope_through_origin(reference[positive], model[positive]),
-        "slope_negative_cells": slope_through_origin(reference[negative], model[negative]),
-        "median_ratio_positive_cells": _median(ratio[positive]),
-        "median_ratio_negative_cells": _median(ratio[negative]),
-        "mean_on_reference_positive_cells": _mean(model[positive]),
-        "pearson_mean": float(np.nanmean(pearson)) if np.isfinite(pearson).any() else float("nan"),
-        "pearson_median": float(np.nanmedian(pearson)) if np.isfinite(pearson).any() else float("nan"),
-        "pearson_undefined_pairs": int(np.isnan(pearson).sum()),
-        f"top{top_k_percent:g}_iou_mean": float(np.mean(top_k_iou_per_pair(reference, model, top_k_percent))),
-        "num_positive_cells": int(positive.sum()),
-        "num_negative_cells": int(negative.sum()),
-    }
-
-
-def summarize(columns, maps, probs, reference: str, top_k_percent: float) -> dict:
-    models = {}
-    for column in columns:
-        own = maps[column.name]
-        entry = {
-            "run": column.run,
-            "alpha": column.alpha,
-            "mean_positive_cell_attribution": _mean(own[own > 0]),
-            "mean_logit": float(np.mean(own)),  # the spatial mean of the map is the logit
-            "mean_probability": float(np.mean(probs[column.name])),
-        }
-        if column.name != reference:
-            entry["vs_reference"] = compare(maps[reference], own, top_k_percent)
-        models[column.name] = entry
-    return models
-
-
-# ----------------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg; imported only here)
-# ----------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def figure_size_px(num_rows: int, num_columns: int) -> tuple[int, int]:
-    """(width, height) in pixels of a CAM figure: the image column, the model columns, the colour bars."""
-    width = PANEL_INCHES * (num_columns + 1) + COLORBAR_INCHES
-    return round(width * DPI), round(PANEL_INCHES * 1.18 * num_rows * DPI)
-
-
-def draw_cam_figure(path: str, images, rows, maps, probs, columns: Sequence[Column], names: Sequence[str]) -> None:
-    """images (R,S,S,3); rows [(image index, class)]; maps (R, V, S, S); probs (R, V)."""
-    plt = _pyplot()
-    width, height = figure_size_px(len(rows), len(columns))
-    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
-    grid = fig.add_gridspec(
-        len(rows), len(columns) + 2, width_ratios=[1] * (len(columns) + 1) + [0.08],
-        left=0.01, right=0.96, top=1 - 0.42 / (height / DPI), bottom=0.01, wspace=0.05, hspace=0.3,
-    )
-    for r, (index, c) in enumerate(rows):
-        ax = fig.add_subplot(grid[r, 0])
-        ax.imshow(images[r], interpolation="nearest")
-        ax.set_title(f"{'image' + chr(10) if r == 0 else ''}#{index}: {names[c]}", fontsize=7)
-        ax.axis("off")
-        vmin, vmax = float(maps[r].min()), float(maps[r].max())  # one colour scale per row
-        grey = images[r].mean(-1)  # a grey underlay: the colours are the map's, and the PNG stays small
-        for v, column in enumerate(columns):
-            ax = fig.add_subplot(grid[r, v + 1])
-            ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            shown = ax.imshow(maps[r, v], cmap="jet", vmin=vmin, vmax=vmax, alpha=0.55, interpolation="nearest")
-            header = column.name.replace(" + ", "\n+ ") + "\n" if r == 0 else ""
-            ax.set_title(f"{header}p = {probs[r, v]:.3f}", fontsize=7)
-            ax.axis("off")
-        bar = fig.colorbar(shown, cax=fig.add_subplot(grid[r, -1]))
-        bar.ax.tick_params(labelsize=6)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-
-
-def _sample(n: int, limit: int, seed: int = 0) -> np.ndarray:
-    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False)) if n > limit else np.arange(n)
-
-
-def draw_scatter(path: str, columns, maps, models: dict, reference: str) -> None:
-    """Cell pairs (reference, model) with the fitted slopes through the origin, one panel per model."""
-    plt = _pyplot()
-    compared = [c for c in columns if c.name != reference]
-    fig, axes = plt.subplots(1, len(compared), figsize=(3.2 * len(compared), 3.2), dpi=DPI, squeeze=False)
-    x_all = maps[reference].ravel()
-    keep = _sample(x_all.size, 20_000)
-    for ax, column in zip(axes[0], compared):
-        x, y = x_all[keep], maps[column.name].ravel()[keep]
-        ax.scatter(x, y, s=2, alpha=0.25, color="tab:blue", rasterized=True)
-        stats = models[column.name]["vs_reference"]
-        for sign, slope, colour in ((1, stats["slope_positive_cells"], "tab:red"), (-1, stats["slope_negative_cells"], "tab:green")):
-            end = np.max(sign * x_all) * sign if np.any(sign * x_all > 0) else 0.0
-            ax.plot([0, end], [0, slope * end], color=colour, lw=1.5,
-                    label=f"{'positive' if sign > 0 else 'negative'} cells: slope {slope:.2f}")
-        lo, hi = float(x.min()), float(x.max())
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.axvline(0, color="grey", lw=0.5)
-        ax.set_xlabel(f"{reference} (reference)", fontsize=8)
-        ax.set_ylabel(column.name, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-
-
-def draw_ratio_histograms(path: str, columns, maps, reference: str) -> None:
-    """Per-cell ratio model / reference on the reference's positive and negative cells."""
-    plt = _pyplot()
-    compared = [c for c in columns if c.name != reference]
-    ref = maps[reference]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2), dpi=DPI)
-    for ax, region, cells in ((axes[0], "positive", ref > 0), (axes[1], "negative", ref < 0)):
-        ratios = {c.name: maps[c.name][cells] / ref[cells] for c in compared}
-        if not cells.any():
-            ax.set_title(f"no {region} reference cells", fontsize=8)
-            continue
-        everything = np.concatenate(list(ratios.values()))
-        lo, hi = np.percentile(everything, [1, 99])
-        lo, hi = min(lo, 0.0), max(hi, 1.5)
-        for i, (name, values) in enumerate(ratios.items()):
-            colour = f"C{i}"
-            ax.hist(np.clip(values, lo, hi), bins=60, range=(lo, hi), histtype="step", color=colour,
-                    label=f"{name}: median {np.median(values):.2f}")
-            ax.axvline(np.median(values), color=colour, lw=0.8, ls=":")
-        ax.axvline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_title(f"{region} cells ({reference} {'>' if region == 'positive' else '<'} 0): model / {reference}", fontsize=8)
-        ax.set_xlabel("ratio per cell (clipped to the 1st-99th percentile)", fontsize=7)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------
 # The tool
 # ----------------------------------------------------------------------------------------------
 def explain(
@@ -549,10 +354,10 @@ def explain(
     config = runs[0].config
     data_spec = catalog.spec(config.data.name)
     check_compatible(runs, data_spec.num_classes)
-    class_list = class_names(config.data.name, data_spec.num_classes)
-    class_filter = resolve_classes(classes, class_list)
 
     builder = catalog.load_builder(config.data.name, data_dir or config.data.data_dir)
+    class_list = catalog.class_names(builder, config.data.name)  # names where the dataset has them, else indices
+    class_filter = resolve_classes(classes, class_list)
     if split not in builder.info.splits:
         raise ExplainError(f"--split={split!r} is not one of the dataset's splits {sorted(builder.info.splits)}")
     num_examples = input_pipeline.num_examples(builder, split)
@@ -586,17 +391,18 @@ def explain(
         "inference_alpha": inference_alpha,
         "top_k_percent": top_k_percent,
         "runs": {run.name: _run_info(run) for run in runs},
-        "models": summarize(columns, maps, probs, reference, top_k_percent),
+        "models": cam_stats.summarize(columns, maps, probs, reference, top_k_percent),
         "figures": figures,
     }
-    draw_scatter(os.path.join(out, "scatter.png"), columns, maps, summary["models"], reference)
-    draw_ratio_histograms(os.path.join(out, "ratios.png"), columns, maps, reference)
+    cam_figures.draw_scatter(os.path.join(out, "scatter.png"), columns, maps, summary["models"], reference)
+    cam_figures.draw_ratio_histograms(os.path.join(out, "ratios.png"), columns, maps, reference)
     with open(os.path.join(out, SUMMARY_FILE), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
 
 
-def write_figures(out, runs, models, columns, picked, mesh, image_size, names, rows_per_figure) -> list[str]:
+def write_figures(out, runs, models, columns, picked, mesh, image_size, names, rows_per_figure) -> list[dict]:
+    """cams_<n>.png of `rows_per_figure` rows each; returns [{'file', 'rows': [{'image', 'class'}]}]."""
     if not picked:
         print("no ground-truth-positive pair matches --classes / --image_ids: no CAM figure written")
         return []
@@ -607,8 +413,8 @@ def write_figures(out, runs, models, columns, picked, mesh, image_size, names, r
         name = f"cams_{start // rows_per_figure + 1}.png"
         images = np.stack([image for _, _, image in picked[part]])
         rows = [(i, c) for i, c, _ in picked[part]]
-        draw_cam_figure(os.path.join(out, name), images, rows, maps[part], probs[part], columns, names)
-        files.append(name)
+        cam_figures.draw_cam_figure(os.path.join(out, name), images, rows, maps[part], probs[part], columns, names)
+        files.append({"file": name, "rows": [{"image": i, "class": names[c]} for i, c in rows]})
     return files
 
 
@@ -619,10 +425,9 @@ def _run_info(run: Run) -> dict:
         "scheme": run.config.loss.scheme,
         "train_labels": run.config.data.train_labels,
     }
-    result = os.path.join(run.workdir, train.RESULT_FILE)
-    if os.path.isfile(result):
-        with open(result) as f:
-            info["test_map"] = json.load(f)["test_map"]
+    result = epath.Path(run.workdir) / train.RESULT_FILE
+    if result.exists():
+        info["test_map"] = json.loads(result.read_text())["test_map"]
     return info
 
 

@@ -3,9 +3,12 @@
 Parameters, batch statistics and optimizer state are replicated; batches are sharded along
 'data'. Under jit, BatchNorm's batch statistics are computed over the global batch, so a global
 batch of 16 behaves exactly like the reference's single-GPU batch of 16 on any device count.
+The same code runs on one device, several, or several hosts (one process per host).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -14,8 +17,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def make_mesh() -> Mesh:
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 'data' mesh of `devices` (default: all), each process's devices one contiguous block.
+
+    The input pipeline gives process p rows [p*L, (p+1)*L) of every global batch, so process p's
+    devices must hold exactly those rows: order by process first (jax.devices() does not promise it).
+    """
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(sorted(devices, key=lambda d: (d.process_index, d.id))), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath  # gs:// workdirs on pods as well as local paths
 
-from bridgegap_jax import input_pipeline, losses, metrics, sharding
+from bridgegap_jax import input_pipeline, losses, metrics, pretrained, sharding
 from bridgegap_jax.checkpoint import RunCheckpoints
 from bridgegap_jax.corrections import LabelCorrections
 from bridgegap_jax.datasets import catalog
@@ -181,7 +182,7 @@ def evaluate(eval_fn, model_vars, builder, split: str, config, mesh) -> dict:
     """mAP of `split` (both conventions, and per frequency group where the dataset has groups)."""
     batches = input_pipeline.eval_batches(
         builder, split, batch_size=config.train.eval_batch_size, image_size=config.data.image_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        process_index=jax.process_index(), process_count=jax.process_count(), antialias=config.data.antialias,
     )
     probs, labels = predict(eval_fn, model_vars, batches, mesh)
     # Partially verified labels (OpenImages) are evaluated on observed entries only (SPEC §5).
@@ -189,23 +190,28 @@ def evaluate(eval_fn, model_vars, builder, split: str, config, mesh) -> dict:
     summary = metrics.summarize(probs, labels, mask=mask, groups=catalog.class_groups(builder))
     result = {
         "map": float(summary["map"]),
-        "map_with_positives": float(summary["map_with_positives"]),
+        "map_with_positives": _json_number(summary["map_with_positives"]),
         "num_examples": int(len(labels)),
         "ap": [float(a) for a in summary["ap"]],
     }
     for key, group in summary.items():
         if key.startswith("group"):
-            result[key] = {"map": float(group["map"]), "map_with_positives": float(group["map_with_positives"])}
+            result[key] = {"map": _json_number(group["map"]), "map_with_positives": _json_number(group["map_with_positives"])}
     return result
+
+
+def _json_number(value) -> float | None:
+    """NaN (a mean over no class) as None: strict JSON has no NaN."""
+    return None if np.isnan(value) else float(value)
 
 
 def write_class_ap(path: str, names: list[str], test: dict) -> None:
     """Per-class test AP as a tab-separated file (class index, name, AP in percent)."""
-    with open(path + ".tmp", "w") as f:
+    with epath.Path(path + ".tmp").open("w") as f:
         f.write("class\tname\tap\n")
         for index, (name, ap) in enumerate(zip(names, test["ap"])):
             f.write(f"{index}\t{name}\t{100 * ap:.4f}\n")
-    os.replace(path + ".tmp", path)
+    epath.Path(path + ".tmp").replace(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,7 +230,7 @@ class RunLog:
 
     def record(self, **fields) -> None:
         if self.main:
-            with open(self.path, "a") as f:
+            with epath.Path(self.path).open("a") as f:
                 f.write(json.dumps(fields) + "\n")
 
 
@@ -232,8 +238,8 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
     """Refuse to resume a run made with another config: its checkpoints would be silently mixed."""
     path = os.path.join(workdir, CONFIG_FILE)
     current = json.loads(config.to_json_best_effort())
-    if os.path.exists(path):
-        with open(path) as f:
+    if epath.Path(path).exists():
+        with epath.Path(path).open() as f:
             stored = json.load(f)
         if stored != current:
             differ = sorted(_diff_keys(stored, current))
@@ -242,9 +248,9 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict) -> Non
                 "use a new --workdir, or rerun with the config stored in " + path
             )
     elif jax.process_index() == 0:
-        with open(path + ".tmp", "w") as f:
+        with epath.Path(path + ".tmp").open("w") as f:
             json.dump(current, f, indent=2, sort_keys=True)
-        os.replace(path + ".tmp", path)
+        epath.Path(path + ".tmp").replace(path)
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -258,156 +264,211 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+class _LaggedCorrections:
+    """LL-Cp: fold a step's selection into the bitmap once the next step is dispatched (no stall)."""
+
+    def __init__(self, corrections: LabelCorrections):
+        self.corrections = corrections
+        self.pending = None
+
+    def push(self, index: np.ndarray, selected: jax.Array) -> None:
+        self.flush()
+        self.pending = (index, selected)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            index, selected = self.pending
+            self.corrections.add(index, sharding.to_host(selected))
+            self.pending = None
+
+
+class Trainer:
+    """One run of the protocol in a workdir: setup, resume, epochs, model selection, test."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, log: RunLog):
+        self.config, self.workdir, self.log = config, workdir, log
+        self.mesh = sharding.make_mesh()
+        data_spec = catalog.spec(config.data.name)
+        losses.check_scheme(config.loss.scheme)
+        self.builder = catalog.load_builder(config.data.name, config.data.data_dir)
+        self.label_key = {"observed": "labels_obs", "full": "labels"}.get(config.data.train_labels)
+        if self.label_key is None:
+            raise ValueError(f"config.data.train_labels={config.data.train_labels!r} is not 'observed' or 'full'")
+        for field in ("batch_size", "eval_batch_size"):
+            if config.train[field] % self.mesh.size:
+                raise ValueError(f"config.train.{field}={config.train[field]} is not divisible by the {self.mesh.size} devices")
+
+        self.num_classes = data_spec.num_classes
+        self.model, self.tx = make_model(config, self.num_classes), make_optimizer(config)
+        self.num_train = input_pipeline.num_examples(self.builder, "train")
+        batch_size = config.train.batch_size
+        # The pipeline cuts the last batch to a multiple of the device count (maybe to nothing).
+        last_rows = self.num_train % batch_size // self.mesh.size * self.mesh.size
+        self.steps_per_epoch = self.num_train // batch_size + (last_rows > 0)
+        if last_rows < self.num_train % batch_size:
+            log.line(f"the last batch of each epoch drops {self.num_train % batch_size - last_rows} example(s) "
+                     f"to split over {self.mesh.size} devices")
+        self.unobserved_value = losses.UNOBSERVED_VALUE[data_spec.label_encoding]
+        self.delta_rel = config.loss.delta_rel
+        if self.delta_rel is None:
+            self.delta_rel = losses.DEFAULT_DELTA_REL[config.loss.scheme]
+        self.corrections = LabelCorrections(self.num_train, self.num_classes) if config.loss.scheme == "LL-Cp" else None
+        self.step_fn = jit_train_step(self.model, self.tx, config.loss.scheme, self.unobserved_value, self.mesh)
+        self.eval_fn = jit_eval_step(self.model, self.mesh)
+        check_workdir_config(workdir, config)  # only now: a config that fails the checks above is not stored
+        self.checkpoints = RunCheckpoints(workdir)
+        self.state, self.progress = self._restore_or_init()
+
+    def _abstract_state(self) -> TrainState:
+        return abstract_state(self.model, self.tx, self.config.data.image_size, self.mesh)
+
+    def _restore_or_init(self) -> tuple[TrainState, dict]:
+        if self.checkpoints.latest_step() is None:
+            state = create_state(self.model, self.tx, self.config.data.image_size, self.config.seed, self.mesh)
+            if self.config.model.pretrained:  # the trunk only; Adam's zero state needs no change
+                variables = pretrained.load_pretrained_trunk(self.config.model.pretrained, state.model_vars())
+                state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+            return state, {"epoch": 1, "step_in_epoch": 0, "best_val_map": -1.0, "best_epoch": 0}
+        target = {"train": self._abstract_state()}
+        if self.corrections is not None:
+            target["corrections"] = self.corrections.bits
+        restored, progress = self.checkpoints.restore_latest(target)
+        if self.corrections is not None:
+            self.corrections = LabelCorrections(self.num_train, self.num_classes, np.asarray(restored["corrections"]))
+        self.log.line(f"resuming {self.workdir} at step {int(restored['train'].step)}: epoch {progress['epoch']}, "
+                      f"step {progress['step_in_epoch']} of {self.steps_per_epoch}")
+        return restored["train"], progress
+
+    def save_latest(self) -> None:
+        tree = {"train": self.state}
+        if self.corrections is not None:
+            tree["corrections"] = self.corrections.bits
+        self.checkpoints.save_latest(int(self.state.step), tree, dict(self.progress))
+
+    def describe(self) -> str:
+        config = self.config
+        return (
+            f"training {config.data.name}: {self.num_train} images, {self.steps_per_epoch} steps/epoch x "
+            f"{config.train.num_epochs} epochs, {config.loss.scheme} (delta_rel {self.delta_rel}), alpha "
+            f"{config.model.alpha}, ResNet-{config.model.depth}, {config.model.dtype}, batch "
+            f"{config.train.batch_size} on {self.mesh.size} device(s)"
+        )
+
+    def train_epoch(self, epoch: int) -> None:
+        """The rest of `epoch` from progress['step_in_epoch'], with mid-epoch checkpoints."""
+        config, progress = self.config, self.progress
+        process_index, process_count = jax.process_index(), jax.process_count()
+        batches = input_pipeline.train_batches(
+            self.builder, "train", label_key=self.label_key, batch_size=config.train.batch_size,
+            image_size=config.data.image_size, seed=config.seed, epoch=epoch, start_step=progress["step_in_epoch"],
+            flip=config.data.random_flip, shuffle_buffer=config.data.shuffle_buffer, process_index=process_index,
+            process_count=process_count, row_multiple=self.mesh.size, observation=config.data.observation,
+            antialias=config.data.antialias,
+        )
+        lagged = _LaggedCorrections(self.corrections) if self.corrections is not None else None
+        window_start, window_images = time.perf_counter(), 0
+        for step_in_epoch, batch in enumerate(batches, start=progress["step_in_epoch"] + 1):
+            rows = len(batch["index"])  # the global batch; 'image' and 'labels' hold this process's rows
+            observed = batch["labels"]
+            if lagged is not None:
+                local_index = batch["index"][rows // process_count * process_index :][: len(observed)]
+                observed = self.corrections.apply(local_index, observed)
+            k = losses.num_large_losses(config.loss.scheme, epoch, rows, self.num_classes, self.delta_rel)
+            self.state, step_metrics, selected = self.step_fn(
+                self.state, sharding.to_global(self.mesh, batch["image"]), sharding.to_global(self.mesh, observed),
+                jnp.asarray(k, jnp.int32),
+            )
+            if lagged is not None:
+                lagged.push(batch["index"], selected)
+            progress["step_in_epoch"] = step_in_epoch
+            window_images += rows
+
+            last = step_in_epoch == self.steps_per_epoch
+            if step_in_epoch % config.train.log_every_steps == 0 or last:
+                values = jax.device_get(step_metrics)  # the only host sync of the loop
+                rate = window_images / (time.perf_counter() - window_start)
+                self.log.line(
+                    f"epoch {epoch}/{config.train.num_epochs} step {step_in_epoch}/{self.steps_per_epoch} "
+                    f"loss {values['loss']:.4f} k {k} selected {int(values['num_selected'])} | {rate:.1f} img/s"
+                )
+                self.log.record(kind="train", step=int(self.state.step), epoch=epoch, loss=float(values["loss"]), k=k,
+                                num_selected=int(values["num_selected"]), images_per_second=rate)
+                window_start, window_images = time.perf_counter(), 0
+            if not last and step_in_epoch % config.train.checkpoint_every_steps == 0:
+                if lagged is not None:
+                    lagged.flush()
+                self.save_latest()
+        if lagged is not None:
+            lagged.flush()
+
+    def validate(self, epoch: int) -> None:
+        """Validation mAP on full labels; keep the best (strict improvement); checkpoint the epoch."""
+        state, progress = self.state, self.progress
+        val = evaluate(self.eval_fn, state.model_vars(), self.builder, "validation", self.config, self.mesh)
+        improved = val["map"] > progress["best_val_map"]
+        if improved:
+            self.checkpoints.save_best(int(state.step), state.model_vars(), val["map"])
+            progress.update(best_val_map=val["map"], best_epoch=epoch)
+        extra = f", {self.corrections.count()} corrected labels so far" if self.corrections is not None else ""
+        self.log.line(f"epoch {epoch}: validation mAP {val['map']:.2f}{' (best)' if improved else ''}{extra}")
+        self.log.record(kind="validation", step=int(state.step), epoch=epoch, map=val["map"],
+                        map_with_positives=val["map_with_positives"])
+        progress.update(epoch=epoch + 1, step_in_epoch=0)
+        self.save_latest()
+
+    def test(self) -> dict:
+        """The test split, evaluated once with the checkpoint of the best validation mAP."""
+        best_vars = self.checkpoints.restore_best(self._abstract_state().model_vars())
+        return evaluate(self.eval_fn, best_vars, self.builder, "test", self.config, self.mesh)
+
+    def run(self) -> dict:
+        self.log.line(self.describe())
+        try:
+            for epoch in range(self.progress["epoch"], self.config.train.num_epochs + 1):
+                self.train_epoch(epoch)
+                self.validate(epoch)
+            test = self.test()
+        finally:
+            self.checkpoints.close()  # waits for the asynchronous saves, also on a crash
+        return test
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume, or just report) the whole protocol; returns the test result."""
-    os.makedirs(workdir, exist_ok=True)
-    result_path = os.path.join(workdir, RESULT_FILE)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    result_path = epath.Path(workdir) / RESULT_FILE
     log = RunLog(workdir)
-    if os.path.exists(result_path):
-        with open(result_path) as f:
+    if result_path.exists():
+        with result_path.open() as f:
             result = json.load(f)
         log.line(f"{workdir} already finished: {_result_line(result)}")
         return result
-    check_workdir_config(workdir, config)
 
-    mesh = sharding.make_mesh()
-    process_index, process_count = jax.process_index(), jax.process_count()
-    data_spec = catalog.spec(config.data.name)
-    losses.check_scheme(config.loss.scheme)
-    builder = catalog.load_builder(config.data.name, config.data.data_dir)
-    label_key = {"observed": "labels_obs", "full": "labels"}.get(config.data.train_labels)
-    if label_key is None:
-        raise ValueError(f"config.data.train_labels={config.data.train_labels!r} is not 'observed' or 'full'")
-    for field in ("batch_size", "eval_batch_size"):
-        if config.train[field] % mesh.size:
-            raise ValueError(f"config.train.{field}={config.train[field]} is not divisible by the {mesh.size} devices")
-
-    num_classes = data_spec.num_classes
-    model, tx = make_model(config, num_classes), make_optimizer(config)
-    num_train = input_pipeline.num_examples(builder, "train")
-    batch_size = config.train.batch_size
-    # The pipeline cuts the last batch to a multiple of the device count (maybe to nothing).
-    last_rows = num_train % batch_size // mesh.size * mesh.size
-    steps_per_epoch = num_train // batch_size + (last_rows > 0)
-    if last_rows < num_train % batch_size:
-        log.line(f"the last batch of each epoch drops {num_train % batch_size - last_rows} example(s) to split over {mesh.size} devices")
-    unobserved_value = losses.UNOBSERVED_VALUE[data_spec.label_encoding]
-    delta_rel = config.loss.delta_rel if config.loss.delta_rel is not None else losses.DEFAULT_DELTA_REL[config.loss.scheme]
-    corrections = LabelCorrections(num_train, num_classes) if config.loss.scheme == "LL-Cp" else None
-
-    checkpoints = RunCheckpoints(workdir)
-    progress = {"epoch": 1, "step_in_epoch": 0, "best_val_map": -1.0, "best_epoch": 0}
-    if checkpoints.latest_step() is not None:
-        target = {"train": abstract_state(model, tx, config.data.image_size, mesh)}
-        if corrections is not None:
-            target["corrections"] = corrections.bits
-        restored, progress = checkpoints.restore_latest(target)
-        state = restored["train"]
-        if corrections is not None:
-            corrections = LabelCorrections(num_train, num_classes, np.asarray(restored["corrections"]))
-        log.line(f"resuming {workdir} at step {int(state.step)}: epoch {progress['epoch']}, step {progress['step_in_epoch']} of {steps_per_epoch}")
-    else:
-        state = create_state(model, tx, config.data.image_size, config.seed, mesh)
-
-    def save_latest():
-        tree = {"train": state}
-        if corrections is not None:
-            tree["corrections"] = corrections.bits
-        checkpoints.save_latest(int(state.step), tree, dict(progress))
-
-    step_fn = jit_train_step(model, tx, config.loss.scheme, unobserved_value, mesh)
-    eval_fn = jit_eval_step(model, mesh)
-    log.line(
-        f"training {config.data.name}: {num_train} images, {steps_per_epoch} steps/epoch x {config.train.num_epochs} epochs, "
-        f"{config.loss.scheme} (delta_rel {delta_rel}), alpha {config.model.alpha}, ResNet-{config.model.depth}, "
-        f"{config.model.dtype}, batch {batch_size} on {mesh.size} device(s)"
-    )
-
-    try:
-        for epoch in range(progress["epoch"], config.train.num_epochs + 1):
-            batches = input_pipeline.train_batches(
-                builder, "train", label_key=label_key, batch_size=batch_size, image_size=config.data.image_size,
-                seed=config.seed, epoch=epoch, start_step=progress["step_in_epoch"], flip=config.data.random_flip,
-                shuffle_buffer=config.data.shuffle_buffer, process_index=process_index, process_count=process_count,
-                row_multiple=mesh.size,
-            )
-            pending_correction = None
-            window_start, window_images = time.perf_counter(), 0
-            for step_in_epoch, batch in enumerate(batches, start=progress["step_in_epoch"] + 1):
-                rows = len(batch["index"])  # the global batch
-                local_index = batch["index"][rows // process_count * process_index :][: len(batch["labels"])]
-                observed = batch["labels"]
-                if corrections is not None:
-                    observed = corrections.apply(local_index, observed)
-                k = losses.num_large_losses(config.loss.scheme, epoch, rows, num_classes, delta_rel)
-                state, step_metrics, selected = step_fn(
-                    state, sharding.to_global(mesh, batch["image"]), sharding.to_global(mesh, observed), jnp.asarray(k, jnp.int32)
-                )
-                if corrections is not None:  # fetch the previous step's selection: it is done by now
-                    if pending_correction is not None:
-                        corrections.add(*pending_correction())
-                    pending_correction = lambda index=batch["index"], sel=selected: (index, sharding.to_host(sel))
-                progress["step_in_epoch"] = step_in_epoch
-                window_images += rows
-
-                last = step_in_epoch == steps_per_epoch
-                if step_in_epoch % config.train.log_every_steps == 0 or last:
-                    values = jax.device_get(step_metrics)
-                    elapsed = time.perf_counter() - window_start
-                    rate = window_images / elapsed
-                    log.line(
-                        f"epoch {epoch}/{config.train.num_epochs} step {step_in_epoch}/{steps_per_epoch} "
-                        f"loss {values['loss']:.4f} k {k} selected {int(values['num_selected'])} | {rate:.1f} img/s"
-                    )
-                    log.record(kind="train", step=int(state.step), epoch=epoch, loss=float(values["loss"]), k=k,
-                               num_selected=int(values["num_selected"]), images_per_second=rate)
-                    window_start, window_images = time.perf_counter(), 0
-                if not last and step_in_epoch % config.train.checkpoint_every_steps == 0:
-                    if pending_correction is not None:
-                        corrections.add(*pending_correction())
-                        pending_correction = None
-                    save_latest()
-            if pending_correction is not None:
-                corrections.add(*pending_correction())
-
-            val = evaluate(eval_fn, state.model_vars(), builder, "validation", config, mesh)
-            improved = val["map"] > progress["best_val_map"]
-            if improved:
-                checkpoints.save_best(int(state.step), state.model_vars(), val["map"])
-                progress.update(best_val_map=val["map"], best_epoch=epoch)
-            extra = f", {corrections.count()} corrected labels so far" if corrections is not None else ""
-            log.line(f"epoch {epoch}: validation mAP {val['map']:.2f}{' (best)' if improved else ''}{extra}")
-            log.record(kind="validation", step=int(state.step), epoch=epoch, map=val["map"],
-                       map_with_positives=val["map_with_positives"])
-            progress.update(epoch=epoch + 1, step_in_epoch=0)
-            save_latest()
-
-        best_vars = checkpoints.restore_best(abstract_state(model, tx, config.data.image_size, mesh).model_vars())
-        test = evaluate(eval_fn, best_vars, builder, "test", config, mesh)
-    finally:
-        checkpoints.close()
-
+    trainer = Trainer(config, workdir, log)
+    test = trainer.run()
     result = {
         "test_map": test["map"],
         "test_map_with_positives": test["map_with_positives"],
         "test_groups": {key: value for key, value in test.items() if key.startswith("group")},
         "num_test_examples": test["num_examples"],
-        "best_epoch": progress["best_epoch"],
-        "best_val_map": progress["best_val_map"],
+        "best_epoch": trainer.progress["best_epoch"],
+        "best_val_map": trainer.progress["best_val_map"],
     }
     log.line(f"test: {_result_line(result)}")
-    log.record(kind="test", step=int(state.step), map=test["map"], map_with_positives=test["map_with_positives"])
+    log.record(kind="test", step=int(trainer.state.step), map=test["map"], map_with_positives=test["map_with_positives"])
     if jax.process_index() == 0:
-        write_class_ap(os.path.join(workdir, CLASS_AP_FILE), catalog.class_names(builder, config.data.name), test)
-        with open(result_path + ".tmp", "w") as f:
+        write_class_ap(os.path.join(workdir, CLASS_AP_FILE), catalog.class_names(trainer.builder, config.data.name), test)
+        with epath.Path(str(result_path) + ".tmp").open("w") as f:
             json.dump(result, f, indent=2)
-        os.replace(result_path + ".tmp", result_path)
+        epath.Path(str(result_path) + ".tmp").replace(result_path)
     return result
 
 
 def _result_line(result: dict) -> str:
     groups = "".join(f", {key} {value['map']:.2f}" for key, value in sorted(result["test_groups"].items()))
+    dropped = result["test_map_with_positives"]
     return (
-        f"test mAP {result['test_map']:.2f} (classes without positives dropped: {result['test_map_with_positives']:.2f}"
+        f"test mAP {result['test_map']:.2f} (classes without positives dropped: "
+        f"{'n/a' if dropped is None else format(dropped, '.2f')}"
         f"{groups}) with the checkpoint of epoch {result['best_epoch']} (validation mAP {result['best_val_map']:.2f})"
     )

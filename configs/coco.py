@@ -1,4 +1,8 @@
-"""MS-COCO 2014, single positive, ResNet-50 at 448 (SPEC §4)."""
+"""MS-COCO 2014, single positive, ResNet-50 at 448 (SPEC §4).
+
+Prepare once: python -m bridgegap_jax.datasets.prepare coco --source=<folder with annotations/, train2014/, val2014/>
+  --data_dir=<data_dir>
+"""
 
 from configs import base
 

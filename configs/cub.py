@@ -1,4 +1,7 @@
-"""CUB-200-2011 attributes, single positive, ResNet-50 at 448 (SPEC §4)."""
+"""CUB-200-2011 attributes, single positive, ResNet-50 at 448 (SPEC §4).
+
+Prepare once: python -m bridgegap_jax.datasets.prepare cub --source=<folder with CUB_200_2011/> --data_dir=<data_dir>
+"""
 
 from configs import base
 

@@ -1,4 +1,8 @@
-"""NUS-WIDE, single positive, ResNet-50 at 448 (SPEC §4)."""
+"""NUS-WIDE, single positive, ResNet-50 at 448 (SPEC §4).
+
+Prepare once: python -m bridgegap_jax.datasets.prepare nuswide --source=<folder with formatted_*.npy>
+  --images=<Flickr/ folder> --data_dir=<data_dir>
+"""
 
 from configs import base
 

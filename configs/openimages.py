@@ -2,6 +2,8 @@
 
 Large Loss Matters: 20 epochs at lr 2e-5, delta_rel searched in {0.005, 0.01}; batch size,
 input size and alpha were not published (defaults: 16, 448, 5).
+
+Prepare once: python -m bridgegap_jax.datasets.prepare openimages --source=<2017_11 CSVs + images/> --data_dir=<data_dir>
 """
 
 from configs import base
@@ -11,6 +13,7 @@ def get_config():
     config = base.get_config()
     config.data.name = "openimages"
     config.model.depth = 101
+    config.model.pretrained = "~/bridgegap_weights/resnet101_v1"
     config.loss.delta_rel = 0.005
     config.train.num_epochs = 20
     config.train.lr = 2e-5

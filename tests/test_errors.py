@@ -51,3 +51,4 @@ def test_bad_field_values_are_errors(tiny_config, tmp_path, field, value, match)
     tiny_config[section][name] = value
     with pytest.raises(ValueError, match=match):
         train.train_and_evaluate(tiny_config, str(tmp_path))
+    assert not (tmp_path / train.CONFIG_FILE).exists()  # fixing the field and rerunning must work

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from etils import epath
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -50,20 +52,28 @@ def spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def label_encoding(builder) -> str:
+    """The label encoding of a prepared builder, found by its tfds name."""
+    for data_spec in DATASETS.values():
+        if data_spec.tfds_name == builder.info.name:
+            return data_spec.label_encoding
+    raise ValueError(f"{builder.info.name!r} at {builder.data_dir} is none of the catalog's datasets")
+
+
 def load_builder(name: str, data_dir: str):
     """The prepared tfds builder of dataset `name` under `data_dir`, checked against its spec."""
     import tensorflow_datasets as tfds
 
     data_spec = spec(name)
-    data_dir = os.path.expanduser(data_dir)
+    data_dir = os.path.expanduser(data_dir)  # a no-op on gs:// paths, which epath handles below
     if name == "demo":
         from bridgegap_jax.datasets import demo
 
         builder = demo.load_builder(data_dir)
     else:
-        root = os.path.join(data_dir, data_spec.tfds_name)
-        versions = sorted(os.listdir(root)) if os.path.isdir(root) else []
-        prepared = [v for v in versions if os.path.isfile(os.path.join(root, v, "dataset_info.json"))]
+        root = epath.Path(data_dir) / data_spec.tfds_name
+        versions = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        prepared = [v for v in versions if (root / v / "dataset_info.json").is_file()]
         if not prepared:
             raise DatasetNotFoundError(
                 f"dataset {name!r} is not prepared: no {root}/<version>/dataset_info.json "
@@ -72,7 +82,7 @@ def load_builder(name: str, data_dir: str):
                 f"--data_dir={data_dir}` (README, section Data), or point --config.data.data_dir at "
                 "the folder that holds it."
             )
-        builder = tfds.builder_from_directory(os.path.join(root, prepared[-1]))
+        builder = tfds.builder_from_directory(str(root / prepared[-1]))
 
     check_label_shapes(builder, name, data_spec.num_classes)
     return builder
@@ -90,9 +100,9 @@ def check_label_shapes(builder, name: str, num_classes: int) -> None:
 
 
 def class_names(builder, name: str) -> list[str]:
-    path = os.path.join(builder.data_dir, CLASS_NAMES_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
+    path = epath.Path(builder.data_dir) / CLASS_NAMES_FILE
+    if path.exists():
+        with path.open() as f:
             return [line.rstrip("\n") for line in f]
     if name == "demo":
         from bridgegap_jax.datasets import demo
@@ -105,5 +115,8 @@ def class_groups(builder):
     """Frequency groups of the classes (OpenImages), or None for datasets without them."""
     import numpy as np
 
-    path = os.path.join(builder.data_dir, CLASS_GROUPS_FILE)
-    return np.load(path) if os.path.exists(path) else None
+    path = epath.Path(builder.data_dir) / CLASS_GROUPS_FILE
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        return np.load(f)

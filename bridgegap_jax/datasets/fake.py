@@ -1,0 +1,199 @@
+"""Tiny fakes of the official download layouts, for tests and for trying `prepare` offline.
+
+    python -m bridgegap_jax.datasets.fake <voc|coco|cub|nuswide|openimages> --out DIR
+
+Each fake has a few dozen small JPEGs in the real folder layout and file formats, one listed
+image missing and one corrupt (so the manifest path is exercised), and the quirks that decide row
+order (VOC difficult-only images, COCO ids whose string order differs from their numeric order,
+a CUB attribute line with an extra field). OpenImages lists all 5,000 trainable classes (a text
+file: cheap) so the prepared fake has the real label width; annotations touch a few of them.
+`make` returns what prepare must produce, built from the generator's own truth, not the files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from bridgegap_jax.datasets.formatted import VOC_CLASSES
+
+
+def _jpeg(path: str, rng, size=None) -> None:
+    from PIL import Image
+
+    w, h = size or (int(rng.integers(40, 90)), int(rng.integers(40, 90)))
+    base = rng.integers(0, 256, (1, 1, 3))
+    pixels = np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=85)
+
+
+def _break(root: str, missing: str, corrupt: str) -> None:
+    """Remove one listed image and overwrite another with bytes no decoder accepts."""
+    os.remove(os.path.join(root, missing))
+    with open(os.path.join(root, corrupt), "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 this is not a jpeg")
+
+
+def _multi_hot(rng, n: int, c: int, p: float) -> np.ndarray:
+    labels = (rng.random((n, c)) < p).astype(np.int8)
+    labels[np.arange(n), rng.integers(0, c, n)] = 1  # at least one positive per row
+    return labels
+
+
+def make_voc(out: str, rng, sizes=(30, 14)) -> dict:
+    root = os.path.join(out, "VOCdevkit", "VOC2012")
+    truth = {}
+    names_by_phase = {"train": [f"2008_{i:06d}" for i in range(sizes[0])],
+                      "val": [f"2007_{i:06d}" for i in range(sizes[1])]}
+    for phase, names in names_by_phase.items():
+        names = list(rng.permutation(names))  # the class lists are not in sorted order
+        values = rng.choice([1, -1, -1, -1, 0], size=(len(names), len(VOC_CLASSES)))  # 0 = difficult
+        values[0] = -1
+        values[0, 3] = 0  # an image with only a difficult object: not a row
+        values[1] = -1  # an image with no object of any class: not a row
+        os.makedirs(os.path.join(root, "ImageSets", "Main"), exist_ok=True)
+        for c, cls in enumerate(VOC_CLASSES):
+            with open(os.path.join(root, "ImageSets", "Main", f"{cls}_{phase}.txt"), "w") as f:
+                f.writelines(f"{n} {'' if v < 0 else ' '}{v}\n" for n, v in zip(names, values[:, c]))
+        for n in names:
+            _jpeg(os.path.join(root, "JPEGImages", n + ".jpg"), rng)
+        rows = sorted((n + ".jpg", (values[i] == 1).astype(np.int8)) for i, n in enumerate(names) if (values[i] == 1).any())
+        truth[phase] = (np.array([r[0] for r in rows]), np.stack([r[1] for r in rows]))
+    missing, corrupt = truth["train"][0][2], truth["val"][0][1]
+    _break(os.path.join(root, "JPEGImages"), missing, corrupt)
+    return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": os.path.join(root, "JPEGImages")}
+
+
+def make_coco(out: str, rng, sizes=(30, 14)) -> dict:
+    # Real COCO category ids run 1..90 with gaps; the file lists them in id order.
+    cat_ids = sorted(rng.choice(np.arange(1, 91), 80, replace=False).tolist())
+    categories = [{"id": i, "name": f"category{i}", "supercategory": "thing"} for i in cat_ids]
+    truth = {}
+    os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
+    for phase, n in zip(("train", "val"), sizes):
+        ids = rng.choice([9, 25, 100, 1000, 30, 301, 4, 42, 420, 77] + list(range(5000, 5000 + 3 * n)), n + 2, replace=False)
+        labels = _multi_hot(rng, n, 80, 0.04)
+        annotations, k = [], 0
+        for row, image_id in enumerate(ids[:n]):
+            for c in np.nonzero(labels[row])[0]:
+                for _ in range(int(rng.integers(1, 3))):  # several instances of one category
+                    annotations.append({"id": k, "image_id": int(image_id), "category_id": cat_ids[c], "bbox": [0, 0, 1, 1]})
+                    k += 1
+        rng.shuffle(annotations)
+        images = [{"id": int(i), "file_name": f"COCO_{phase}2014_{int(i):012d}.jpg"} for i in ids]  # last 2: no annotation
+        with open(os.path.join(out, "annotations", f"instances_{phase}2014.json"), "w") as f:
+            json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+        for i in ids:
+            _jpeg(os.path.join(out, f"{phase}2014", f"COCO_{phase}2014_{int(i):012d}.jpg"), rng)
+        order = sorted(range(n), key=lambda r: str(ids[r]))
+        truth[phase] = (np.array([f"{phase}2014/COCO_{phase}2014_{int(ids[r]):012d}.jpg" for r in order]), labels[order])
+    missing, corrupt = truth["train"][0][0], truth["val"][0][3]
+    _break(out, missing, corrupt)
+    return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": out}
+
+
+def make_cub(out: str, rng, num_images=40) -> dict:
+    root = os.path.join(out, "CUB_200_2011")
+    files = [f"{1 + i % 3:03d}.Bird_{i % 3}/Bird_{i % 3}_{i:04d}.jpg" for i in range(num_images)]
+    is_train = rng.integers(0, 2, num_images)
+    present = (rng.random((num_images, 312)) < 0.1).astype(np.int8)
+    os.makedirs(os.path.join(root, "attributes"), exist_ok=True)
+    with open(os.path.join(root, "images.txt"), "w") as f:
+        f.writelines(f"{i + 1} {name}\n" for i, name in enumerate(files))
+    with open(os.path.join(root, "train_test_split.txt"), "w") as f:
+        f.writelines(f"{i + 1} {t}\n" for i, t in enumerate(is_train))
+    with open(os.path.join(root, "attributes", "image_attribute_labels.txt"), "w") as f:
+        for i in range(num_images):
+            for a in range(312):
+                extra = " 0" if (i, a) == (5, 7) else ""  # the official file has a few such lines
+                f.write(f"{i + 1} {a + 1} {present[i, a]}{extra} {int(rng.integers(1, 5))} {rng.random() * 20:.3f}\n")
+    with open(os.path.join(out, "attributes.txt"), "w") as f:
+        f.writelines(f"{a + 1} has_attribute::value_{a}\n" for a in range(312))
+    for name in files:
+        _jpeg(os.path.join(root, "images", name), rng)
+    train = is_train == 1
+    truth = {"train": (np.array(files)[train], present[train]), "val": (np.array(files)[~train], present[~train])}
+    missing, corrupt = truth["train"][0][1], truth["val"][0][0]
+    _break(os.path.join(root, "images"), missing, corrupt)
+    return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": os.path.join(root, "images")}
+
+
+def make_nuswide(out: str, rng, sizes=(30, 14)) -> dict:
+    """The benchmark ships NUS-WIDE as formatted npy files (float labels) plus the Flickr folder."""
+    truth = {}
+    for phase, n in zip(("train", "val"), sizes):
+        images = np.array([f"concept{i % 3}/{phase}_{i:010d}.jpg" for i in range(n)])  # relative to Flickr/
+        labels = _multi_hot(rng, n, 81, 0.03)
+        np.save(os.path.join(out, f"formatted_{phase}_images.npy"), images)
+        np.save(os.path.join(out, f"formatted_{phase}_labels.npy"), labels.astype(np.float64))
+        for name in images:
+            _jpeg(os.path.join(out, "Flickr", name), rng)
+        truth[phase] = (images, labels)
+    missing, corrupt = truth["train"][0][4], truth["val"][0][2]
+    _break(os.path.join(out, "Flickr"), missing, corrupt)
+    return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": os.path.join(out, "Flickr")}
+
+
+def make_openimages(out: str, rng, sizes=(40, 12, 12), num_classes=5000, used_classes=10) -> dict:
+    mids = [f"/m/fake{c:04d}" for c in range(num_classes)]
+    with open(os.path.join(out, "classes-trainable.txt"), "w") as f:
+        f.writelines(m + "\n" for m in mids)
+    with open(os.path.join(out, "class-descriptions.csv"), "w") as f:
+        f.writelines(f'{m},"Class, number {c}"\n' for c, m in enumerate(mids))
+        f.write("/m/untrainable,Not trainable\n")
+    used = rng.choice(num_classes, used_classes, replace=False)
+    truth, missing, corrupt = {}, {}, {}
+    for split, n in zip(("train", "validation", "test"), sizes):
+        ids = sorted(f"{int(x):016x}" for x in rng.choice(2**62, n, replace=False))
+        labels = np.full((n, num_classes), -1, np.int8)
+        lines = []
+        for r, image_id in enumerate(ids):
+            for c in rng.choice(used, int(rng.integers(0, 5)), replace=False):
+                labels[r, c] = v = int(rng.random() < 0.6)
+                lines.append(f"{image_id},verification,{mids[c]},{v}")
+            lines.append(f"{image_id},verification,/m/untrainable,1")  # not a trainable class: ignored
+        # A pair verified both ways (two sources): the positive wins.
+        c = int(used[0])
+        lines += [f"{ids[0]},crowdsource-verification,{mids[c]},0", f"{ids[0]},verification,{mids[c]},1"]
+        labels[0, c] = 1
+        order = rng.permutation(len(lines))
+        os.makedirs(os.path.join(out, split), exist_ok=True)
+        with open(os.path.join(out, split, "annotations-human.csv"), "w") as f:
+            f.write("ImageID,Source,LabelName,Confidence\n")
+            f.writelines(lines[i] + "\n" for i in order)
+        for r, image_id in enumerate(ids):
+            big = split == "train" and r == 3  # larger than 512: re-encoded at prepare time
+            _jpeg(os.path.join(out, "images", split, image_id + ".jpg"), rng, (700, 600) if big else None)
+        truth[split] = (np.array(ids), labels)
+        missing[split], corrupt[split] = [ids[1]], [ids[2]]
+        _break(os.path.join(out, "images", split), ids[1] + ".jpg", ids[2] + ".jpg")
+    return {"labels": truth, "missing": missing, "corrupt": corrupt, "mids": mids}
+
+
+MAKERS = {"voc": make_voc, "coco": make_coco, "cub": make_cub, "nuswide": make_nuswide, "openimages": make_openimages}
+
+
+def make(name: str, out: str, seed: int = 0) -> dict:
+    os.makedirs(out, exist_ok=True)
+    return MAKERS[name](out, np.random.default_rng(seed))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.datasets.fake", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(MAKERS))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    make(args.name, args.out, args.seed)
+    print(f"fake {args.name} download layout in {args.out}; prepare it with: python -m bridgegap_jax.datasets.prepare "
+          f"{args.name} --source={args.out}{' --images=' + os.path.join(args.out, 'Flickr') if args.name == 'nuswide' else ''} "
+          "--data_dir=<tfds data_dir>")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""torchvision ImageNet ResNet weights -> the Flax trunk of `models.CAMClassifier` (SPEC §1).
+
+Convert once, load at every run:
+
+    python -m bridgegap_jax.pretrained --source=resnet50-0676ba61.pth --out=~/bridgegap_weights/resnet50_v1
+    python -m bridgegap_jax.pretrained --source=model.safetensors    --out=~/bridgegap_weights/resnet50_v1
+
+The source is a torchvision state dict (`.pth`; torch is imported only to read it) or a
+`.safetensors` file, read here with numpy alone (e.g. timm's `resnet50.tv_in1k`, which holds
+torchvision's V1 weights under torchvision's names). The output is an orbax checkpoint of the
+trunk's params and batch_stats plus `info.json`; training loads it with `load_pretrained_trunk`
+(config field `model.pretrained`).
+
+The BoostLU reference builds `torchvision.models.resnet50(pretrained=True)` (ResNet-101 on
+OpenImages); torchvision maps `pretrained=True` to IMAGENET1K_V1, so V1 is what reproduces the
+paper. V2 (a longer recipe, better ImageNet accuracy) is convertible too; it is another model.
+
+Key map (torchvision -> Flax, all under `trunk/`):
+    conv1.weight                         params conv1/kernel, OIHW -> HWIO (transpose 2, 3, 1, 0)
+    bn1.weight / .bias                   params bn1/scale, bn1/bias
+    bn1.running_mean / .running_var      batch_stats bn1/mean, bn1/var
+    layerS.B.convN / .bnN                layerS_B/convN, layerS_B/bnN
+    layerS.B.downsample.0 / .1           layerS_B/downsample_conv, layerS_B/downsample_bn
+    fc.weight / fc.bias                  dropped (the CAM head is new)
+    *.num_batches_tracked                ignored
+Every Flax trunk leaf must be filled exactly once with the same shape; any unknown or missing
+key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import re
+import sys
+from typing import Any, Mapping
+
+import numpy as np
+
+# torchvision's files: the reference's `pretrained=True` is V1.
+TORCHVISION_URLS = {
+    (50, "V1"): "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    (50, "V2"): "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    (101, "V1"): "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+    (101, "V2"): "https://download.pytorch.org/models/resnet101-cd907fc2.pth",
+}
+TIMM_NAMES = {50: "timm/resnet50.tv_in1k", 101: "timm/resnet101.tv_in1k"}  # the same V1 weights
+VARIABLES_ITEM, INFO_ITEM = "variables", "info"
+_IGNORED_SUFFIX = ".num_batches_tracked"
+
+
+def where_to_get(depth: int = 50, out: str = "DIR") -> str:
+    """The files that work and the command that converts them (for error messages)."""
+    return (
+        f"download torchvision's ImageNet ResNet-{depth} weights, {TORCHVISION_URLS[(depth, 'V1')]} "
+        f"(IMAGENET1K_V1, what the BoostLU reference's pretrained=True loads; V2: {TORCHVISION_URLS[(depth, 'V2')]}), "
+        f"or model.safetensors of the Hugging Face model {TIMM_NAMES[depth]}, then convert it once with "
+        f"`python -m bridgegap_jax.pretrained --source=FILE --out={out} --depth={depth}` "
+        f"and set --config.model.pretrained={out}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the source files
+# ----------------------------------------------------------------------------------------------
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """A .safetensors file as {name: array}: 8-byte little-endian header length, a JSON header
+    {name: {dtype, shape, data_offsets}} (and optional __metadata__), then the raw little-endian
+    data. BF16 is widened to float32. numpy only, so no torch is needed at run time."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise ValueError(f"{path} is not a safetensors file (only {len(raw)} bytes)")
+    header_len = int.from_bytes(raw[:8], "little")
+    if header_len > len(raw) - 8:
+        raise ValueError(f"{path} is not a safetensors file (header length {header_len} exceeds the file size)")
+    try:
+        header = json.loads(raw[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a safetensors file (header is not JSON: {e})") from None
+    data = memoryview(raw)[8 + header_len :]
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype_name, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype_name not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype_name}")
+        if end > len(data):
+            raise ValueError(f"{path}: tensor {name} runs past the end of the file (truncated download?)")
+        if dtype_name == "BF16":
+            bits = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint32) << 16
+            array = bits.view(np.float32)
+        else:
+            array = np.frombuffer(data[start:end], dtype=np.dtype(_SAFETENSORS_DTYPES[dtype_name]).newbyteorder("<"))
+        tensors[name] = array.reshape(shape).astype(array.dtype.newbyteorder("="))
+    return tensors
+
+
+def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """A torchvision `.pth` state dict as {name: array}. Needs torch (only this path does)."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(
+            f"reading {path} needs torch (pip install torch), which training does not need; "
+            "or convert a .safetensors file instead, which needs numpy only"
+        ) from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(hasattr(v, "numpy") for v in state.values()):
+        raise ValueError(f"{path} is not a plain state dict {{name: tensor}} as torchvision's files are")
+    return {name: value.detach().cpu().float().numpy() if value.is_floating_point() else value.numpy()
+            for name, value in state.items()}
+
+
+def read_source(path: str) -> dict[str, np.ndarray]:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no weights file {path}: " + where_to_get())
+    _check_torchvision_hash(path)
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    if path.endswith((".pth", ".pt", ".bin")):
+        return read_torch_state_dict(path)
+    raise ValueError(f"{path}: expected a .pth (torchvision) or .safetensors file; " + where_to_get())
+
+
+def _check_torchvision_hash(path: str) -> None:
+    """torchvision's file names carry the first 8 hex digits of the file's sha256: check them."""
+    match = re.fullmatch(r"resnet\d+-([0-9a-f]{8})\.pth", os.path.basename(path))
+    if match and not sha256(path).startswith(match.group(1)):
+        raise ValueError(f"{path} is corrupt or truncated: its sha256 does not start with {match.group(1)}; download it again")
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# The key map
+# ----------------------------------------------------------------------------------------------
+_BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+
+
+def flax_path(torch_name: str) -> tuple[str, tuple[str, ...]] | None:
+    """torchvision name -> (collection, path under trunk), or None for a dropped fc entry.
+    Raises KeyError for a name that is not part of a torchvision ResNet."""
+    parts = torch_name.split(".")
+    if parts[0] == "fc" and len(parts) == 2:
+        return None
+    if parts[0].startswith("layer") and len(parts) >= 4:
+        module = f"{parts[0]}_{parts[1]}"
+        rest = parts[2:]
+        if rest[0] == "downsample" and len(rest) == 3:
+            rest = [{"0": "downsample_conv", "1": "downsample_bn"}.get(rest[1], "?"), rest[2]]
+        prefix = (module,)
+    else:
+        rest, prefix = parts, ()
+    if len(rest) == 2:
+        layer, leaf = rest
+        if (layer.startswith("conv") or layer == "downsample_conv") and leaf == "weight":
+            return "params", prefix + (layer, "kernel")
+        if (layer.startswith("bn") or layer == "downsample_bn") and leaf in _BN_LEAVES:
+            collection, name = _BN_LEAVES[leaf]
+            return collection, prefix + (layer, name)
+    raise KeyError(torch_name)
+
+
+@functools.lru_cache(maxsize=8)
+def expected_trunk(depth: int, width: int = 64) -> dict[str, dict]:
+    """{'params': trunk tree, 'batch_stats': trunk tree} of ShapeDtypeStructs, nothing allocated."""
+    import jax
+    import jax.numpy as jnp
+
+    from bridgegap_jax.models import ResNetTrunk
+
+    trunk = ResNetTrunk(depth=depth, width=width)
+    shapes = jax.eval_shape(lambda: trunk.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+    return {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
+
+
+def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, prefix + (key,)))
+        else:
+            flat[prefix + (key,)] = value
+    return flat
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _name(key: tuple) -> str:
+    return "/".join((key[0], "trunk") + key[1:])
+
+
+def infer_depth(state_dict: Mapping[str, Any]) -> int:
+    """ResNet depth from the number of layer3 blocks and the block kind (conv3 = bottleneck)."""
+    from bridgegap_jax.models import RESNET_STAGES
+
+    blocks = tuple(len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{s}.")}) for s in range(1, 5))
+    kind = "bottleneck" if any(".conv3." in k for k in state_dict) else "basic"
+    for depth, stages in RESNET_STAGES.items():
+        if stages == (kind, blocks):
+            return depth
+    raise ValueError(f"the state dict is not a torchvision ResNet ({kind} blocks per stage {blocks}); " + where_to_get())
+
+
+def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width: int = 64) -> dict[str, dict]:
+    """torchvision ResNet state dict -> {'params': trunk, 'batch_stats': trunk} (numpy float32).
+
+    Checked: every leaf of the Flax trunk of `depth`/`width` filled exactly once with its shape;
+    unknown names, missing names and shape mismatches are errors listing them.
+    """
+    expected = _flatten(expected_trunk(depth, width))
+    filled: dict[tuple, np.ndarray] = {}
+    unknown, mismatched, mismatched_keys = [], [], set()
+    for name, value in state_dict.items():
+        if name.endswith(_IGNORED_SUFFIX):
+            continue
+        try:
+            target = flax_path(name)
+        except KeyError:
+            unknown.append(name)
+            continue
+        if target is None:
+            continue
+        key = (target[0],) + target[1]
+        if key not in expected:
+            unknown.append(name)
+            continue
+        if key in filled:  # two torch names for one leaf: cannot happen with the map above
+            raise ValueError(f"{name} fills {_name(key)} a second time")
+        array = np.asarray(value, np.float32)
+        if array.ndim == 4:
+            array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+        if array.shape != expected[key].shape:
+            mismatched.append(f"{name} {tuple(np.shape(value))} -> {_name(key)} {expected[key].shape}")
+            mismatched_keys.add(key)
+            continue
+        filled[key] = array
+    missing = [_name(k) for k in expected if k not in filled and k not in mismatched_keys]
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} unknown key(s): {', '.join(sorted(unknown)[:10])}{' ...' if len(unknown) > 10 else ''}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''}")
+    if missing:
+        problems.append(f"{len(missing)} Flax leaf/leaves not filled: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+    if problems:
+        raise ValueError(f"these weights are not a torchvision ResNet-{depth} (width {width}): " + "; ".join(problems)
+                         + ". Check --depth; " + where_to_get(depth if depth in (50, 101) else 50))
+    return _unflatten(filled)
+
+
+# ----------------------------------------------------------------------------------------------
+# The converted checkpoint
+# ----------------------------------------------------------------------------------------------
+def _resolve(path: str) -> str:
+    """Absolute local path, or a URL (gs://...) as given: on pods every host must see the checkpoint."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def save_trunk(out: str, trunk: dict, info: dict) -> str:
+    """Write the orbax checkpoint (items 'variables' and 'info') to `out`; refuses to overwrite."""
+    import orbax.checkpoint as ocp
+
+    from etils import epath
+
+    out = _resolve(out)
+    if epath.Path(out).exists():
+        raise FileExistsError(f"{out} exists; remove it or choose another --out")
+    shapes = {"/".join(k): list(v.shape) for k, v in _flatten(trunk).items()}
+    ckpt = _checkpointer()
+    ckpt.save(out, args=ocp.args.Composite(**{VARIABLES_ITEM: ocp.args.StandardSave(trunk),
+                                              INFO_ITEM: ocp.args.JsonSave({**info, "shapes": shapes})}))
+    return out
+
+
+def read_info(path: str) -> dict:
+    import orbax.checkpoint as ocp
+
+    from etils import epath
+
+    path = _resolve(path)
+    if not (epath.Path(path) / VARIABLES_ITEM).exists():
+        raise FileNotFoundError(f"model.pretrained={path}: no converted trunk there (expected {path}/{VARIABLES_ITEM}); to make it, "
+                                + where_to_get(_guess_depth(path), out=path))
+    return _checkpointer().restore(path, args=ocp.args.Composite(**{INFO_ITEM: ocp.args.JsonRestore()}))[INFO_ITEM]
+
+
+def _guess_depth(path: str) -> int:
+    return 101 if "101" in os.path.basename(path.rstrip("/")) else 50
+
+
+def load_pretrained_trunk(path: str, variables: Mapping) -> dict:
+    """`variables` ({'params', 'batch_stats'} of a CAMClassifier) with the trunk replaced by the
+    converted checkpoint at `path`; the head is kept. Restored onto the shardings of the given
+    leaves (so a replicated state stays replicated). The trunk must match exactly."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    path = _resolve(path)
+    info = read_info(path)
+    current = {c: variables[c]["trunk"] for c in ("params", "batch_stats")}
+    want = {"/".join(k): list(np.shape(v)) for k, v in _flatten(current).items()}
+    have = info["shapes"]
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise ValueError(
+            f"model.pretrained={path} holds a ResNet-{info.get('depth')} trunk (width {info.get('width')}) that does not "
+            f"fit this model ({len(diff)} leaves differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); "
+            "convert the weights of the model.depth you train: " + where_to_get(info.get("depth") if info.get("depth") in (50, 101) else 50)
+        )
+
+    def abstract(x):
+        return jax.ShapeDtypeStruct(np.shape(x), np.float32, sharding=getattr(x, "sharding", None))
+
+    target = jax.tree.map(abstract, current)
+    restored = _checkpointer().restore(path, args=ocp.args.Composite(**{VARIABLES_ITEM: ocp.args.StandardRestore(target)}))
+    trunk = restored[VARIABLES_ITEM]
+    return {**variables, **{c: {**variables[c], "trunk": trunk[c]} for c in ("params", "batch_stats")}}
+
+
+def convert(source: str, out: str, depth: int | None = None) -> str:
+    """Read `source`, map it, save it at `out`; returns the absolute output path."""
+    state_dict = read_source(source)
+    found = infer_depth(state_dict)
+    if depth is not None and depth != found:
+        raise ValueError(f"{source} holds ResNet-{found} weights, not ResNet-{depth}; " + where_to_get(depth))
+    trunk = convert_torchvision(state_dict, found)
+    dropped = sorted(k for k in state_dict if k.startswith("fc."))
+    info = {"depth": found, "width": 64, "source": os.path.abspath(os.path.expanduser(source)),
+            "source_sha256": sha256(os.path.expanduser(source)), "dropped": dropped}
+    return save_trunk(out, trunk, info)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bridgegap_jax.pretrained",
+        description="Convert torchvision ImageNet ResNet weights (.pth or .safetensors) into the Flax trunk checkpoint "
+                    "that --config.model.pretrained loads.",
+    )
+    parser.add_argument("--source", required=True, help="resnet50-0676ba61.pth, resnet101-63fe2227.pth, or a timm *.tv_in1k model.safetensors")
+    parser.add_argument("--out", required=True, help="directory to create (orbax checkpoint + info)")
+    parser.add_argument("--depth", type=int, choices=(50, 101), default=None, help="expected depth (checked; inferred if omitted)")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(args.source, args.out, args.depth)
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}; train with --config.model.pretrained={out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Two processes on localhost (jax.distributed, gloo CPU collectives), 4 virtual CPU devices each.
+
+A 2 x 4-device run of the demo crashes, is restarted, and must end where an uninterrupted run of
+one process with 8 devices ends (the same global batch, the same per-device programs): the same
+LL-Cp corrections, parameters up to the cross-process summation order, and test mAP over every
+test example exactly once; logs and metric files come from process 0 only. Its best model,
+evaluated on one process and one device, gives the same mAP and count. The test itself runs in the
+8-device child (tests/test_multidevice.py).
+
+Why not compare with a 1-device run: Adam's step lr * m / (sqrt(v) + eps) turns the summation-order
+noise of gradient elements near eps (directions BatchNorm makes flat) into +-lr steps, so runs on
+different device counts drift apart within a few steps of the demo's lr 1e-3 (test_sharding.py
+checks the single step).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from bridgegap_jax import input_pipeline, sharding, train
+from bridgegap_jax.checkpoint import RunCheckpoints
+from multihost_driver import shortened
+
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+DRIVER = os.path.join(HERE, "multihost_driver.py")
+STEPS_PER_EPOCH = 6
+OVERRIDES = {  # on top of configs/demo.py; the same for the 2-process and the 1-process run
+    "data.image_size": 32, "model.width": 8, "train.num_epochs": 2, "train.log_every_steps": 1000,
+    "train.checkpoint_every_steps": 4, "loss.scheme": "LL-Cp", "loss.delta_rel": 0.02,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start_two_processes(workdir, data_dir, crash_after: int):
+    """Start both processes of one run; finish() waits for them: (return codes, outputs)."""
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", TF_CPP_MIN_LOG_LEVEL="2",
+        # The restarted run reuses the crashed run's compiled programs: a faster test.
+        JAX_COMPILATION_CACHE_DIR=workdir + ".jax_cache", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    flags = [
+        "--config=configs/demo.py", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+        *[f"--config.{key}={value}" for key, value in OVERRIDES.items()],
+        "--distributed", f"--coordinator_address=localhost:{free_port()}", "--num_processes=2",
+        "--workdir_is_shared",  # both processes are on this machine: the local workdir is shared
+    ]
+    logs = [os.path.join(workdir + f".process{i}.log") for i in range(2)]
+    procs = []
+    for i in range(2):
+        with open(logs[i], "w") as out:  # files, not pipes: a full pipe would stall a collective
+            command = [sys.executable, DRIVER, str(STEPS_PER_EPOCH), str(crash_after), *flags, f"--process_id={i}"]
+            procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+
+    def finish():
+        try:
+            codes = [p.wait(timeout=300) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        outputs = []
+        for path in logs:
+            with open(path) as f:
+                outputs.append(f.read())
+        return codes, outputs
+
+    return finish
+
+
+def relative_error(a, b) -> float:
+    """||a - b|| / ||a|| over all leaves of two trees together."""
+    diff = sum(np.sum((np.float64(x) - y) ** 2) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return float(np.sqrt(diff / sum(np.sum(np.float64(x) ** 2) for x in jax.tree.leaves(a))))
+
+
+def latest_state(workdir, model, tx, mesh):
+    """The train state and corrections of the latest checkpoint, restored onto `mesh`."""
+    checkpoints = RunCheckpoints(workdir)
+    target = {"train": train.abstract_state(model, tx, 32, mesh), "corrections": np.zeros((1600, 2), np.uint8)}
+    restored, _ = checkpoints.restore_latest(target)
+    checkpoints.close()
+    return jax.device_get(restored["train"]), np.asarray(restored["corrections"])
+
+
+def test_two_processes_crash_resume_and_match_one_process(tiny_config, demo_data_dir, tmp_path, monkeypatch):
+    split = str(tmp_path / "split")
+    # Crash in epoch 2 at step 5, after epoch 1's validation; the latest checkpoint is epoch 2 step 4.
+    crashed = start_two_processes(split, demo_data_dir, crash_after=STEPS_PER_EPOCH + 5)
+
+    # Meanwhile the reference: one process, 8 devices, same global batch, never interrupted.
+    for key, value in OVERRIDES.items():
+        group, field = key.split(".")
+        tiny_config[group][field] = value
+    monkeypatch.setattr(input_pipeline, "train_batches", shortened(input_pipeline.train_batches, STEPS_PER_EPOCH))
+    whole = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
+
+    codes, outputs = crashed()
+    assert all(code != 0 for code in codes), outputs
+    assert all("Crash: crash after 11 batches" in out for out in outputs), outputs
+    assert RunCheckpoints(split).latest_step() == STEPS_PER_EPOCH + 4
+    codes, outputs = start_two_processes(split, demo_data_dir, crash_after=0)()
+    assert codes == [0, 0], outputs
+    assert "resuming" in outputs[0] and "on 8 device(s)" in outputs[0] and "test mAP" in outputs[0]
+    assert "resuming" not in outputs[1] and "test mAP" not in outputs[1]  # process 1 prints nothing
+
+    with open(os.path.join(split, train.RESULT_FILE)) as f:
+        result = json.load(f)
+    assert result["num_test_examples"] == whole["num_test_examples"] == 480  # 7.5 batches of 64
+    assert result["best_epoch"] == whole["best_epoch"]
+    # mAP of a model 12 steps from scratch is ill-conditioned (near-tied scores): within 0.1 points.
+    np.testing.assert_allclose(result["test_map"], whole["test_map"], atol=0.1)
+    model, tx = train.make_model(tiny_config, 10), train.make_optimizer(tiny_config)
+    mesh_1 = sharding.make_mesh(jax.devices()[:1])  # restored onto 1 device: saved from 8
+    state_a, corrections_a = latest_state(str(tmp_path / "whole"), model, tx, mesh_1)
+    state_b, corrections_b = latest_state(split, model, tx, mesh_1)
+    assert int(state_b.step) == 2 * STEPS_PER_EPOCH
+    # ||a - b|| / ||a|| over all parameters: the reduction-order drift is ~2e-4 here; one step
+    # more or less (each moves every element by ~lr = 1e-3, ~0.6% of its size) would be ~6e-3.
+    assert relative_error(state_a.params, state_b.params) <= 1e-3
+    assert np.bitwise_count(corrections_a).sum() > 0
+    np.testing.assert_array_equal(corrections_a, corrections_b)
+    with open(os.path.join(split, train.METRICS_FILE)) as f:
+        kinds = [json.loads(line)["kind"] for line in f]
+    assert kinds == ["validation", "validation", "test"]  # one writer, and the crash repeated nothing
+
+    # The 2-process run's best model evaluated here on one process and one device: same mAP, count.
+    checkpoints = RunCheckpoints(split)
+    best = checkpoints.restore_best(train.abstract_state(model, tx, 32, mesh_1).model_vars())
+    checkpoints.close()
+    from bridgegap_jax.datasets import catalog
+
+    builder = catalog.load_builder("demo", demo_data_dir)
+    test = train.evaluate(train.jit_eval_step(model, mesh_1), best, builder, "test", tiny_config, mesh_1)
+    assert test["num_examples"] == 480
+    np.testing.assert_allclose(test["map"], result["test_map"], atol=0.1)

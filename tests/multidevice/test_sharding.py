@@ -1,0 +1,122 @@
+"""Data parallelism over 8 virtual CPU devices equals one device: a training step, evaluation,
+and checkpoints restored onto another device count. Collected only in the 8-device child (tests/test_multidevice.py)."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bridgegap_jax import input_pipeline, losses, metrics, sharding, train
+from bridgegap_jax.checkpoint import RunCheckpoints
+
+
+
+def relative_error(a, b) -> float:
+    """||a - b|| / ||a||, the largest over the leaves of two trees."""
+    errors = jax.tree.map(lambda x, y: np.linalg.norm(np.float64(x) - y) / max(np.linalg.norm(np.float64(x)), 1e-30), a, b)
+    return max(jax.tree.leaves(errors))
+
+
+def tiny_model(config):
+    return train.make_model(config, 10), train.make_optimizer(config)
+
+
+@pytest.fixture(scope="module")
+def host_state():
+    """The tiny_config model's initial state as host arrays, computed once; device_put on each mesh."""
+    from configs import demo
+
+    config = demo.get_config()
+    config.model.width = 8
+    model, tx = tiny_model(config)
+    return jax.device_get(train.create_state(model, tx, 32, 0, sharding.make_mesh(jax.devices()[:1])))
+
+
+def place(state, mesh):
+    return jax.device_put(state, sharding.replicated(mesh))
+
+
+def test_mesh_puts_each_process_rows_on_its_own_devices():
+    mesh = sharding.make_mesh(jax.devices()[::-1])
+    assert [d.id for d in mesh.devices] == sorted(d.id for d in jax.devices())
+    assert mesh.shape == {"data": 8}
+
+
+def test_a_step_on_8_devices_equals_one_device(tiny_config, host_state):
+    """Same parameters, batch statistics, loss and large-loss selection (float32, rel. error <= 1e-5).
+
+    Relative error per array (||a-b|| / ||a||), not per element: Adam's first update is
+    lr * g / (|g| + eps), so a gradient element that is ~eps (BatchNorm makes some directions of
+    the loss flat) turns summation-order noise into a +-lr step of that one element.
+    """
+    model, tx = tiny_model(tiny_config)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
+    observed = np.zeros((16, 10), np.int8)
+    observed[np.arange(16), rng.integers(0, 10, 16)] = 1
+    k = jnp.asarray(losses.num_large_losses("LL-R", 2, 16, 10, 0.05), jnp.int32)  # epoch 2: rejections on
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = sharding.make_mesh(devices)
+        state = place(host_state, mesh)
+        step = train.jit_train_step(model, tx, "LL-R", 0, mesh)
+        state, metrics, selected = step(state, sharding.to_global(mesh, images), sharding.to_global(mesh, observed), k)
+        assert len(state.params["head"]["kernel"].sharding.device_set) == len(devices)
+        results.append(jax.device_get((state.params, state.batch_stats, metrics["loss"], selected)))
+    (params_1, stats_1, loss_1, selected_1), (params_8, stats_8, loss_8, selected_8) = results
+    assert relative_error(params_1, params_8) <= 1e-5
+    assert relative_error(stats_1, stats_8) <= 1e-5
+    assert abs(loss_8 - loss_1) <= 1e-5 * abs(loss_1)
+    assert selected_1.sum() > 0
+    np.testing.assert_array_equal(selected_1, selected_8)
+
+
+def test_evaluation_on_8_devices_counts_every_example_once(tiny_config, demo_data_dir, host_state):
+    from bridgegap_jax.datasets import catalog
+
+    builder = catalog.load_builder("demo", demo_data_dir)
+    truth = np.stack([ex["labels"] for ex in builder.as_dataset(split="test").as_numpy_iterator()])
+    assert len(truth) % tiny_config.train.eval_batch_size  # the last batch is padded
+    model, _ = tiny_model(tiny_config)
+    probs = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        mesh = sharding.make_mesh(devices)
+        model_vars = place(host_state, mesh).model_vars()
+        eval_fn = train.jit_eval_step(model, mesh)
+        batches = input_pipeline.eval_batches(
+            builder, "test", batch_size=tiny_config.train.eval_batch_size, image_size=32, antialias=tiny_config.data.antialias
+        )
+        p, labels = train.predict(eval_fn, model_vars, batches, mesh)
+        np.testing.assert_array_equal(labels, truth)  # every example once, in stored order
+        probs.append(p)
+    np.testing.assert_allclose(probs[1], probs[0], rtol=1e-5, atol=1e-7)
+    result = train.evaluate(eval_fn, model_vars, builder, "test", tiny_config, mesh)  # 8 devices
+    assert result["num_examples"] == len(truth)
+    # mAP of exactly these probabilities (an untrained model's scores nearly tie, so the 1e-7
+    # differences from the 1-device run can reorder them: compare the probabilities, not the mAP).
+    np.testing.assert_allclose(result["map"], metrics.summarize(probs[1], truth)["map"], rtol=1e-9)
+
+
+def test_a_checkpoint_resumes_on_another_device_count(tiny_config, tmp_path, host_state):
+    """Saved on 8 devices, restored on 1 and the other way round: the restore target carries the
+    new mesh's shardings (a target without them fails: the saved devices are not there)."""
+    model, tx = tiny_model(tiny_config)
+    bits = np.random.default_rng(0).integers(0, 256, (1600, 2), dtype=np.uint8)  # LL-Cp corrections
+    for save_on, restore_on in ((jax.devices(), jax.devices()[:1]), (jax.devices()[:1], jax.devices())):
+        workdir = str(tmp_path / f"{len(save_on)}to{len(restore_on)}")
+        saved = place(host_state, sharding.make_mesh(save_on))
+        checkpoints = RunCheckpoints(workdir)
+        checkpoints.save_latest(7, {"train": saved, "corrections": bits}, {"epoch": 1})
+        checkpoints.close()
+
+        mesh = sharding.make_mesh(restore_on)
+        target = {"train": train.abstract_state(model, tx, 32, mesh), "corrections": np.zeros_like(bits)}
+        checkpoints = RunCheckpoints(workdir)
+        restored, progress = checkpoints.restore_latest(target)
+        checkpoints.close()
+        assert progress == {"epoch": 1}
+        np.testing.assert_array_equal(restored["corrections"], bits)
+        jax.tree.map(np.testing.assert_array_equal, host_state, jax.device_get(restored["train"]))
+        for leaf in jax.tree.leaves(restored["train"]):
+            assert leaf.sharding.is_equivalent_to(sharding.replicated(mesh), leaf.ndim)
