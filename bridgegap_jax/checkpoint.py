@@ -13,6 +13,7 @@ storage that all hosts see (gs://...).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -21,6 +22,8 @@ from etils import epath
 
 class RunCheckpoints:
     def __init__(self, workdir: str):
+        if "://" not in workdir:  # orbax needs absolute local paths; `--workdir=runs/demo` is not
+            workdir = os.path.abspath(os.path.expanduser(workdir))
         root = epath.Path(workdir) / "checkpoints"
         self._latest = ocp.CheckpointManager(
             root / "latest",

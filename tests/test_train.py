@@ -90,3 +90,11 @@ def test_a_workdir_refuses_another_config(tiny_config, tmp_path):
     tiny_config.model.alpha = 1.0
     with pytest.raises(ValueError, match="model.alpha"):
         train.check_workdir_config(str(tmp_path), tiny_config)
+
+
+def test_a_relative_workdir_works(tiny_config, tmp_path, monkeypatch):
+    # The README's command uses --workdir=runs/demo; orbax wants absolute paths.
+    monkeypatch.chdir(tmp_path)
+    tiny_config.train.num_epochs = 1
+    result = train.train_and_evaluate(tiny_config, "runs/relative")
+    assert (tmp_path / "runs" / "relative" / train.RESULT_FILE).exists() and result["best_epoch"] == 1
