@@ -68,6 +68,11 @@ class RunCheckpoints:
     def best_step(self) -> int | None:
         return self._best.best_step()
 
+    def best_model_metadata(self) -> Any:
+        """Shapes and dtypes of the best checkpoint's model tree, read without restoring it."""
+        path = self._best.directory / str(self._best.best_step()) / "model"
+        return ocp.StandardCheckpointer().metadata(path).item_metadata
+
     def restore_best(self, abstract_model_vars: Any) -> Any:
         step = self._best.best_step()
         if step is None:

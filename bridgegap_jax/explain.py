@@ -107,15 +107,6 @@ def _train_command(workdir: str) -> str:
     return f"python -m bridgegap_jax.main --config=configs/<dataset>.py --workdir={workdir}"
 
 
-def best_checkpoint_classes(workdir: str, step: int) -> int:
-    """The class count of a best checkpoint, read from its metadata (nothing is restored)."""
-    import orbax.checkpoint as ocp
-
-    path = epath.Path(workdir) / "checkpoints" / "best" / str(step) / "model"
-    tree = ocp.StandardCheckpointer().metadata(path).item_metadata
-    return int(tree["params"]["head"]["bias"].shape[0])
-
-
 def open_run(name: str, workdir: str) -> Run:
     """The run's config and class count; a clear error if the workdir or its best checkpoint is missing."""
     config_path = epath.Path(workdir) / train.CONFIG_FILE  # epath: local or gs:// workdirs
@@ -128,10 +119,12 @@ def open_run(name: str, workdir: str) -> Run:
         )
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     best = epath.Path(workdir) / "checkpoints" / "best"
-    step = None
+    step, num_classes = None, None
     if best.is_dir():
         checkpoints = RunCheckpoints(workdir)
         step = checkpoints.best_step()
+        if step is not None:  # the class count from the checkpoint's metadata: nothing is restored
+            num_classes = int(checkpoints.best_model_metadata()["params"]["head"]["bias"].shape[0])
         checkpoints.close()
     if step is None:
         raise RunNotFoundError(
@@ -139,7 +132,7 @@ def open_run(name: str, workdir: str) -> Run:
             f"train or resume it with `python -m bridgegap_jax.main --config=configs/{config.data.name}.py "
             f"--workdir={workdir}` and the --config.* overrides it was started with (see {config_path})"
         )
-    return Run(name, workdir, config, best_checkpoint_classes(workdir, step))
+    return Run(name, workdir, config, num_classes)
 
 
 def check_compatible(runs: Sequence[Run], dataset_classes: int) -> None:

@@ -61,10 +61,11 @@ def main(argv):
     check_shared_workdir(FLAGS.workdir, FLAGS.workdir_is_shared)
     from bridgegap_jax import train  # after flag parsing: --help stays fast
     from bridgegap_jax.datasets.catalog import DatasetNotFoundError
+    from bridgegap_jax.pretrained import WeightsNotFoundError
 
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except DatasetNotFoundError as error:
+    except (DatasetNotFoundError, WeightsNotFoundError) as error:  # a missing input: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

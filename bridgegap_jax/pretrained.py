@@ -52,6 +52,10 @@ VARIABLES_ITEM, INFO_ITEM = "variables", "info"
 _IGNORED_SUFFIX = ".num_batches_tracked"
 
 
+class WeightsNotFoundError(FileNotFoundError):
+    """A weights file or converted trunk that is not there; the message says how to get it."""
+
+
 def where_to_get(depth: int = 50, out: str = "DIR") -> str:
     """The files that work and the command that converts them (for error messages)."""
     return (
@@ -125,7 +129,7 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 def read_source(path: str) -> dict[str, np.ndarray]:
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no weights file {path}: " + where_to_get())
+        raise WeightsNotFoundError(f"no weights file {path}: " + where_to_get())
     _check_torchvision_hash(path)
     if path.endswith(".safetensors"):
         return read_safetensors(path)
@@ -313,7 +317,7 @@ def read_info(path: str) -> dict:
 
     path = _resolve(path)
     if not (epath.Path(path) / VARIABLES_ITEM).exists():
-        raise FileNotFoundError(f"model.pretrained={path}: no converted trunk there (expected {path}/{VARIABLES_ITEM}); to make it, "
+        raise WeightsNotFoundError(f"model.pretrained={path}: no converted trunk there (expected {path}/{VARIABLES_ITEM}); to make it, "
                                 + where_to_get(_guess_depth(path), out=path))
     return _checkpointer().restore(path, args=ocp.args.Composite(**{INFO_ITEM: ocp.args.JsonRestore()}))[INFO_ITEM]
 

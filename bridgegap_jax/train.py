@@ -315,6 +315,8 @@ class Trainer:
         self.corrections = LabelCorrections(self.num_train, self.num_classes) if config.loss.scheme == "LL-Cp" else None
         self.step_fn = jit_train_step(self.model, self.tx, config.loss.scheme, self.unobserved_value, self.mesh)
         self.eval_fn = jit_eval_step(self.model, self.mesh)
+        if config.model.pretrained:
+            pretrained.read_info(config.model.pretrained)  # missing weights: fail before the config is stored
         check_workdir_config(workdir, config)  # only now: a config that fails the checks above is not stored
         self.checkpoints = RunCheckpoints(workdir)
         self.state, self.progress = self._restore_or_init()

@@ -36,6 +36,17 @@ def test_missing_dataset_names_the_folder_and_the_prepare_command(tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_missing_pretrained_weights_name_the_conversion_command(tmp_path, demo_data_dir):
+    missing = tmp_path / "no_weights"
+    done = run_main("--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={demo_data_dir}",
+                    f"--config.model.pretrained={missing}")
+    assert done.returncode == 2
+    message = done.stderr.strip().splitlines()[-1]
+    assert str(missing) in message and "python -m bridgegap_jax.pretrained --source=" in message
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run" / "config.json").exists()  # rerunning with the weights in place must work
+
+
 def test_label_vectors_of_the_wrong_width_are_an_error(demo_data_dir):
     builder = catalog.load_builder("demo", demo_data_dir)
     with pytest.raises(ValueError, match=r"feature 'labels' has shape \(10,\), expected \(20,\)"):

@@ -218,3 +218,9 @@ def test_command_line_error_is_one_clear_line(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"workdir {missing} does not exist" in done.stderr.strip().splitlines()[-1]
+
+
+def test_relative_workdirs_are_read(tmp_path, tiny_config, monkeypatch):
+    make_run(tmp_path / "a", tiny_config)
+    monkeypatch.chdir(tmp_path)  # the README's commands name runs/demo, not an absolute path
+    assert explain.open_run("full", "a").num_classes == 10
