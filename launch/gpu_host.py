@@ -17,6 +17,8 @@ import shlex
 import subprocess
 import sys
 
+import common  # launch/common.py: the script's own folder is on sys.path
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ("setup", "run")
 
@@ -24,16 +26,9 @@ STEPS = ("setup", "run")
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("steps", nargs="+", choices=STEPS, help="what to do, in order")
-    parser.add_argument("--config", default="configs/openimages.py", help="config file, relative to the repository")
-    parser.add_argument("--workdir", help="run directory (local path or gs://)")
-    parser.add_argument("--data_dir", help="prepared tfds datasets (config.data.data_dir)")
+    common.add_run_flags(parser, "local path or gs://")
     parser.add_argument("--gpus", help="CUDA device ids to use, e.g. 0,1,2,3 (default: all)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    args, extra = parser.parse_known_args(argv)
-    unknown = [flag for flag in extra if flag != "--" and not flag.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides look like --config.a.b=value)")
-    args.overrides = [flag for flag in extra if flag != "--"]
+    args = common.parse_with_overrides(parser, argv)
     if "run" in args.steps:
         missing = [f"--{name}" for name in ("workdir", "data_dir") if not getattr(args, name)]
         if missing:

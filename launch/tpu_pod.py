@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+import common  # launch/common.py: the script's own folder is on sys.path
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMOTE_DIR = "bridgegap_jax"  # under the worker's home directory
 TARBALL = "bridgegap_jax.tar.gz"
@@ -47,15 +49,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--runtime_version", help="TPU VM image (default: the generation's, see RUNTIME_VERSIONS)")
     parser.add_argument("--spot", action="store_true", help="spot capacity: cheaper, may be preempted (rerun `run` to resume)")
     parser.add_argument("--queued", action="store_true", help="create through a queued resource: waits for capacity")
-    parser.add_argument("--config", default="configs/openimages.py", help="config file, relative to the repository")
-    parser.add_argument("--workdir", help="gs://... run directory: every worker reads and writes it")
-    parser.add_argument("--data_dir", help="gs://... prepared tfds datasets (config.data.data_dir)")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    args, extra = parser.parse_known_args(argv)
-    unknown = [flag for flag in extra if flag != "--" and not flag.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides look like --config.a.b=value)")
-    args.overrides = [flag for flag in extra if flag != "--"]
+    common.add_run_flags(parser, "gs://..., which every worker reads and writes")
+    args = common.parse_with_overrides(parser, argv)
     check(args, parser)
     return args
 
