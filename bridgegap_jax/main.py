@@ -10,13 +10,10 @@ The workdir must be storage that every host sees: gs://..., or a shared file sys
 (NFS) mounted at the same path everywhere, declared with --workdir_is_shared.
 """
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # before TensorFlow loads: no INFO banner lines
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); override fields with --config.a.b=value.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics.jsonl, result.json.")
