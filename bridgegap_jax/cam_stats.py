@@ -1,4 +1,4 @@
-"""Numbers of the explanation analysis: maps of two models compared cell by cell (SPEC §7).
+"""Numbers of the explanation analysis: maps of two models compared cell by cell (docs/method.md, "Explanations").
 
 Maps are (pairs, cells) arrays: one row per ground-truth-positive (image, class) pair, the H'xW'
 CAM cells flattened.

@@ -1,8 +1,8 @@
 """Orbax checkpoints of a run: `latest` (to resume) and `best` (validation mAP, for the test).
 
-    <workdir>/checkpoints/latest/<step>/{state, progress}   train state + LL-Cp bitmap, and where
-                                                          the run stands (epoch, step in epoch, ...)
-    <workdir>/checkpoints/best/<step>/model                 params + batch_stats of the best epoch
+    <checkpoints>/latest/<step>/{state, progress}   train state + a scheme's host state (LL-Cp's
+                                                  bitmap), and where the run stands (epoch, step, ...)
+    <checkpoints>/best/<step>/model                 params + batch_stats of the best epoch
 
 Saves are asynchronous and atomic (orbax writes a temporary folder and renames it), so a crash
 during a save leaves the previous checkpoint intact; `close()` waits for pending saves. The best
@@ -13,7 +13,6 @@ storage that all hosts see (gs://...).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -21,10 +20,9 @@ from etils import epath
 
 
 class RunCheckpoints:
-    def __init__(self, workdir: str):
-        if "://" not in workdir:  # orbax needs absolute local paths; `--workdir=runs/demo` is not
-            workdir = os.path.abspath(os.path.expanduser(workdir))
-        root = epath.Path(workdir) / "checkpoints"
+    def __init__(self, directory: str | epath.Path):
+        """`directory`: the run's checkpoints folder (rundir.RunDir.checkpoints), absolute or gs://."""
+        root = epath.Path(directory)
         self._latest = ocp.CheckpointManager(
             root / "latest",
             options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True),

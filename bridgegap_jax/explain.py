@@ -1,4 +1,4 @@
-r"""The paper's explanation analysis (SPEC §7): the CAMs of several runs, side by side and in numbers.
+r"""The paper's explanation analysis (docs/method.md, "Explanations"): the CAMs of several runs, side by side and in numbers.
 
     python -m bridgegap_jax.explain \
         --run full=runs/demo_full --run an=runs/demo_an --run boostlu=runs/demo_llr_boostlu \
@@ -43,12 +43,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
 
-from bridgegap_jax import cam_figures, cam_stats, input_pipeline, sharding, train
+from bridgegap_jax import cam_figures, cam_stats, configuration, input_pipeline, sharding, steps
 from bridgegap_jax.checkpoint import RunCheckpoints
 from bridgegap_jax.datasets import catalog
+from bridgegap_jax.errors import UserError
 from bridgegap_jax.models import CAMClassifier, boost_lu
+from bridgegap_jax.rundir import CONFIG_FILE, RESULT_FILE, RunDir
 
 SUMMARY_FILE = "summary.json"
 MEASURED_MAP = (
@@ -58,7 +59,7 @@ MEASURED_MAP = (
 )
 
 
-class ExplainError(ValueError):
+class ExplainError(UserError, ValueError):
     """A mistake in the runs or flags given to the tool; the message says what to do."""
 
 
@@ -109,8 +110,9 @@ def _train_command(workdir: str) -> str:
 
 def open_run(name: str, workdir: str) -> Run:
     """The run's config and class count; a clear error if the workdir or its best checkpoint is missing."""
-    config_path = epath.Path(workdir) / train.CONFIG_FILE  # epath: local or gs:// workdirs
-    if not epath.Path(workdir).is_dir():
+    run_dir = RunDir(workdir)  # local or gs:// workdirs
+    config_path = run_dir.file(CONFIG_FILE)
+    if not run_dir.path.is_dir():
         raise RunNotFoundError(f"run {name!r}: workdir {workdir} does not exist; make it with `{_train_command(workdir)}`")
     if not config_path.exists():
         raise RunNotFoundError(
@@ -118,10 +120,10 @@ def open_run(name: str, workdir: str) -> Run:
             f"`{_train_command(workdir)}`"
         )
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    best = epath.Path(workdir) / "checkpoints" / "best"
+    best = run_dir.checkpoints / "best"
     step, num_classes = None, None
     if best.is_dir():
-        checkpoints = RunCheckpoints(workdir)
+        checkpoints = RunCheckpoints(run_dir.checkpoints)
         step = checkpoints.best_step()
         if step is not None:  # the class count from the checkpoint's metadata: nothing is restored
             num_classes = int(checkpoints.best_model_metadata()["params"]["head"]["bias"].shape[0])
@@ -155,9 +157,9 @@ def check_compatible(runs: Sequence[Run], dataset_classes: int) -> None:
 
 
 def restore(run: Run, mesh) -> tuple[CAMClassifier, dict]:
-    model = train.make_model(run.config, run.num_classes)
-    abstract = train.abstract_state(model, train.make_optimizer(run.config), run.config.data.image_size, mesh)
-    checkpoints = RunCheckpoints(run.workdir)
+    model = configuration.model(run.config, run.num_classes)
+    abstract = steps.abstract_state(model, configuration.optimizer(run.config), run.config.data.image_size, mesh)
+    checkpoints = RunCheckpoints(RunDir(run.workdir).checkpoints)
     try:
         variables = checkpoints.restore_best(abstract.model_vars())
     finally:
@@ -278,9 +280,10 @@ def extract_split(runs, models, columns, batches, mesh, picker: RowPicker):
     probs = {c.name: [] for c in columns}
     num_images, grid = 0, None
     for batch in batches:
-        class_ids, valid = positive_class_ids(batch["labels"], batch["mask"])
+        real = batch["index"] >= 0  # the last batch is padded
+        class_ids, valid = positive_class_ids(batch["labels"], real)
         picker.offer(batch["image"], batch["index"], class_ids, valid)
-        num_images += int(batch["mask"].sum())
+        num_images += int(real.sum())
         images, ids = sharding.to_global(mesh, batch["image"]), sharding.to_global(mesh, class_ids)
         for run in runs:
             run_maps, run_probs = (sharding.to_host(x) for x in fns[run.name](run.variables, images, ids))
@@ -334,6 +337,7 @@ def explain(
     rows_per_figure: int = 4,
     seed: int = 0,
     data_dir: str | None = None,
+    workers: int = 0,
 ) -> dict:
     """Figures and summary.json for runs [(name, workdir)], compared with `reference`; returns the summary."""
     names = [name for name, _ in run_specs]
@@ -348,12 +352,12 @@ def explain(
     data_spec = catalog.spec(config.data.name)
     check_compatible(runs, data_spec.num_classes)
 
-    builder = catalog.load_builder(config.data.name, data_dir or config.data.data_dir)
-    class_list = catalog.class_names(builder, config.data.name)  # names where the dataset has them, else indices
+    dataset = catalog.open_dataset(config.data.name, os.path.expanduser(data_dir or config.data.data_dir))
+    class_list = list(dataset.class_names)  # names where the dataset has them, else indices
     class_filter = resolve_classes(classes, class_list)
-    if split not in builder.info.splits:
-        raise ExplainError(f"--split={split!r} is not one of the dataset's splits {sorted(builder.info.splits)}")
-    num_examples = input_pipeline.num_examples(builder, split)
+    if split not in dataset.split_sizes:
+        raise ExplainError(f"--split={split!r} is not one of the dataset's splits {sorted(dataset.split_sizes)}")
+    num_examples = dataset.split_sizes[split]
     outside = [i for i in image_ids if not 0 <= i < num_examples]
     if outside:
         raise ExplainError(f"--image_ids {outside} are not in split {split!r}, whose images are 0..{num_examples - 1}")
@@ -368,8 +372,11 @@ def explain(
     columns = make_columns(runs, inference_alpha)
 
     picker = RowPicker(num_rows, seed, class_filter, image_ids)
-    batches = input_pipeline.eval_batches(builder, split, batch_size=batch_size, image_size=config.data.image_size)
-    maps, probs, num_images, grid = extract_split(runs, models, columns, batches, mesh, picker)
+    options = input_pipeline.Options(image_size=config.data.image_size, batch_size=batch_size, eval_batch_size=batch_size,
+                                     resize=config.data.get("resize", "bilinear"))
+    reader = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, split, options), options)
+    with input_pipeline.Stream(reader, workers=workers) as batches:
+        maps, probs, num_images, grid = extract_split(runs, models, columns, batches, mesh, picker)
 
     os.makedirs(out, exist_ok=True)
     figures = write_figures(out, runs, models, columns, picker.picked(), mesh, config.data.image_size, class_list, rows_per_figure)
@@ -418,9 +425,9 @@ def _run_info(run: Run) -> dict:
         "scheme": run.config.loss.scheme,
         "train_labels": run.config.data.train_labels,
     }
-    result = epath.Path(run.workdir) / train.RESULT_FILE
-    if result.exists():
-        info["test_map"] = json.loads(result.read_text())["test_map"]
+    result = RunDir(run.workdir).result()
+    if result is not None:
+        info["test_map"] = result["test_map"]
     return info
 
 
@@ -464,7 +471,7 @@ def main(argv):
             top_k_percent=f.top_k_percent, classes=f.classes, image_ids=image_ids, num_rows=f.num_rows,
             rows_per_figure=f.rows_per_figure, seed=f.seed, data_dir=f.data_dir,
         )
-    except (ExplainError, catalog.DatasetNotFoundError) as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(format_summary(summary))

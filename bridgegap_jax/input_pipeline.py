@@ -1,200 +1,257 @@
-"""tfds -> tf.data -> host numpy batches (uint8 images) for training and evaluation.
+"""Input pipeline: tfds ArrayRecord sources -> grain workers -> this process's rows of each global batch.
 
-The host only decodes, resizes and flips; images stay uint8 (normalisation runs on the device, in
-the model). Training order is a pure function of (seed, epoch): a seeded file shuffle and a
-seeded example shuffle, deterministic tf.data, and a stateless flip keyed by (seed, epoch, example
-index); resuming at step s of an epoch rebuilds that epoch's stream and skips s batches, so a
-resumed run sees exactly the batches an uninterrupted one would. Evaluation reads every example
-once, in order, and pads the last batch with a mask so one compiled eval shape serves all batches.
+A run reads a fixed sequence of global batches, its *plan*: a list of segments (each training
+epoch, each evaluation pass), so batch i of the plan is a pure function of i. grain maps plan
+positions to batches in worker processes, keeping their order; resuming at any position reads
+nothing before it (O(one batch), not O(steps done)). One worker pool serves the whole run, so
+validation batches are decoded while the last training steps run.
 
-TensorFlow is imported only here and in datasets/, and only when a pipeline is built.
+- Training order: a full permutation of the training split per epoch, a function of (seed, epoch)
+  only, so every process count sees the same global batches. The last batch keeps its real size,
+  as the reference's DataLoader does, cut to a multiple of the device count so it splits evenly.
+- Each process fetches and decodes only its own rows: rows [p*L, (p+1)*L) of every global batch.
+- Images leave the host as uint8 (S, S, 3); normalisation runs on the device. A training image is
+  flipped by a draw keyed by (seed, epoch, example index): the same whatever reads it.
+- Evaluation reads every example once, in stored order; the last batch is padded (index -1) so
+  one compiled eval shape serves all batches.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import dataclasses
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from bridgegap_jax import images
+from bridgegap_jax.datasets import masks
+from bridgegap_jax.datasets.catalog import Dataset
 
-def _tf():
-    import tensorflow as tf  # imported late: the model and training step must not need TensorFlow
-
-    tf.config.set_visible_devices([], "GPU")  # TF must not claim accelerator memory that JAX needs
-    return tf
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """One 31-bit seed per (run seed, epoch), the same on every host."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] >> 1)
+TRAIN_LABELS = {"observed": "labels_obs", "full": "labels"}
 
 
-def _decode(tf, data, image_format: str):
-    """Decode one image. The format is static per dataset (its tfds Image feature): a per-image
-    tf.cond costs more inside the batch's map_fn than the resize does."""
-    if image_format == "jpeg":
-        # The accurate integer IDCT is bit-identical to PIL's decode (the reference's); TF's default
-        # fast IDCT is 0.92 grey levels away from it, and no faster.
-        return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-    if image_format == "png":
-        return tf.io.decode_png(data, channels=3)
-    raise ValueError(f"images stored as {image_format!r}: the pipeline reads 'jpeg' or 'png' (re-run the prepare command)")
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """`num_batches` consecutive batches of `split`: a training epoch (epoch >= 1) or an evaluation pass."""
+
+    split: str
+    num_batches: int
+    epoch: int = 0  # 0: evaluation (stored order, full labels, padded, no flip)
 
 
-def _decode_and_resize(tf, data, image_size: int, antialias: bool, image_format: str):
-    # Antialiased bilinear is PIL's bilinear (the reference's resize): 0.14 grey levels from it at
-    # 448; plain bilinear is 0.63 away and about 2x cheaper (scripts/input_throughput.py). A
-    # same-size resize samples the pixel centres exactly, so it is the identity: no branch needed.
-    resized = tf.image.resize(_decode(tf, data, image_format), [image_size, image_size], method="bilinear", antialias=antialias)
-    # Round half up; bilinear weights are non-negative, so values stay within [0, 255].
-    return tf.ensure_shape(tf.cast(resized + 0.5, tf.uint8), [image_size, image_size, 3])
+@dataclasses.dataclass(frozen=True)
+class Options:
+    image_size: int
+    batch_size: int  # global training batch
+    eval_batch_size: int  # global evaluation batch
+    seed: int = 0
+    resize: str = "bilinear"  # images.RESIZE_METHODS
+    random_flip: bool = True
+    train_labels: str = "observed"  # 'observed' (partial labels) | 'full'
+    observation: str = "stored"  # datasets/masks.py
+    observation_seed: int = 1200
+    process_index: int = 0
+    process_count: int = 1
+    row_multiple: int = 1  # the device count: every global batch splits evenly over the devices
 
 
-def _options(tf):
-    options = tf.data.Options()
-    options.deterministic = True
-    return options
+def check_options(options: Options) -> None:
+    images.check_method(options.resize)
+    if options.train_labels not in TRAIN_LABELS:
+        raise ValueError(f"config.data.train_labels={options.train_labels!r} is not one of {', '.join(TRAIN_LABELS)}")
+    if masks.parse(options.observation) is not None and options.train_labels != "observed":
+        raise ValueError(f"config.data.observation={options.observation!r} simulates observed labels from the full "
+                         "labels; it needs config.data.train_labels='observed'")
 
 
-def _decode_rows(tf, encoded, index, image_size: int, flip_seed: int | None, antialias: bool, image_format: str):
-    """Decode (and maybe flip) a batch of encoded images; a stateless flip keyed by example index."""
-
-    def one(args):
-        data, example_index = args
-        image = _decode_and_resize(tf, data, image_size, antialias, image_format)
-        if flip_seed is not None:
-            key = tf.stack([tf.constant(flip_seed, tf.int64), example_index])
-            image = tf.image.stateless_random_flip_left_right(image, seed=key)
-        return image
-
-    spec = tf.TensorSpec([image_size, image_size, 3], tf.uint8)
-    return tf.map_fn(one, (encoded, index), fn_output_signature=spec)
+def last_batch_rows(num_examples: int, options: Options) -> int:
+    """Rows of an epoch's last, smaller batch after the cut to the device count (0: none)."""
+    return num_examples % options.batch_size // options.row_multiple * options.row_multiple
 
 
-def _process_rows(n, process_index: int, process_count: int):
-    """[start, stop) of this process's rows in a global batch of n rows (n divisible by the count)."""
-    local = n // process_count
-    return process_index * local, (process_index + 1) * local
+def steps_per_epoch(num_examples: int, options: Options) -> int:
+    return num_examples // options.batch_size + (last_batch_rows(num_examples, options) > 0)
 
 
-def image_format(builder) -> str:
-    """'jpeg' or 'png': how the dataset stores its images."""
-    return builder.info.features["image"].encoding_format or "unknown"
+def eval_batch_count(num_examples: int, options: Options) -> int:
+    return -(-num_examples // options.eval_batch_size)
 
 
-def num_examples(builder, split: str) -> int:
-    return builder.info.splits[split].num_examples
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The training order of `epoch`: a permutation of all examples, the same on every process."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def train_batches(
-    builder,
-    split: str,
-    *,
-    label_key: str,
-    batch_size: int,
-    image_size: int,
-    seed: int,
-    epoch: int,
-    start_step: int = 0,
-    flip: bool = True,
-    shuffle_buffer: int = 10_000,
-    process_index: int = 0,
-    process_count: int = 1,
-    row_multiple: int = 1,
-    observation: str = "stored",
-    observation_seed: int = 1200,
-    antialias: bool = True,
-) -> Iterator[dict[str, np.ndarray]]:
-    """One epoch of global batches of `batch_size`, this process's share of each.
+def flips(seed: int, epoch: int, index: np.ndarray) -> np.ndarray:
+    """(B,) bool: which examples `index` are flipped in `epoch`, keyed by (seed, epoch, index)."""
+    return np.asarray([np.random.default_rng([seed, epoch, int(i), 1]).random() < 0.5 for i in index], bool)
 
-    Yields {'image' uint8 (L,S,S,3), 'labels' int8 (L,C): this process's L rows; 'index' int64 (B,):
-    the example indices of the whole global batch}. Every process reads the same global order (a
-    function of seed and epoch only, so any process count sees the same global batches) and
-    decodes only its own rows. The last batch keeps its real size, as the reference's DataLoader
-    does, cut to a multiple of `row_multiple` (the device count) so that it splits evenly.
-    `antialias=False` resizes ~2x faster per core, a little further from PIL (input_throughput.py).
-    `observation` other than 'stored' simulates the observed labels from the full labels
-    (datasets/masks.py: keyed by (observation_seed, example index), the same in every epoch).
+
+class BatchReader:
+    """Plan position -> this process's rows of that global batch. Runs in grain's worker processes.
+
+    Training batch: {'image' uint8 (L,S,S,3), 'labels' int8 (L,C) observed labels, 'index' (L,)
+    these rows' examples, 'batch_index' (n,) every example of the global batch}.
+    Evaluation batch: {'image', 'labels' (full labels), 'index' (-1 on padded rows)}, L rows.
     """
-    tf = _tf()
-    import tensorflow_datasets as tfds
 
-    from bridgegap_jax.datasets import catalog, masks
+    def __init__(self, dataset: Dataset, segments: Sequence[Segment], options: Options):
+        check_options(options)
+        self.dataset, self.segments, self.options = dataset, tuple(segments), options
+        self.starts = np.cumsum([0] + [s.num_batches for s in self.segments])
+        self._sources, self._permutations = {}, {}
 
-    if masks.parse(observation) is not None and label_key != "labels_obs":
-        raise ValueError(f"observation={observation!r} simulates observed labels from the full labels; it needs "
-                         f"label_key='labels_obs' (config.data.train_labels='observed'), not {label_key!r}")
+    def __len__(self) -> int:
+        return int(self.starts[-1])
 
-    def labels_of(ex):
-        if masks.parse(observation) is None:
-            return tf.cast(ex[label_key], tf.int8)
-        return masks.observe(ex["labels"], ex["index"], mode=observation, seed=observation_seed,
-                             encoding=catalog.label_encoding(builder))
+    def __getstate__(self):  # sources and permutations are made anew in each worker
+        return {**self.__dict__, "_sources": {}, "_permutations": {}}
 
-    eseed = epoch_seed(seed, epoch)
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=not builder.info.disable_shuffling,  # ordered datasets: the buffer shuffles
-        decoders={"image": tfds.decode.SkipDecoding()},  # decode after skip(): resuming is cheap
-        read_config=tfds.ReadConfig(shuffle_seed=eseed, options=_options(tf)),
-    )
-    ds = ds.map(lambda ex: {"image": ex["image"], "labels": labels_of(ex), "index": ex["index"]})
-    ds = ds.shuffle(shuffle_buffer, seed=eseed, reshuffle_each_iteration=False)
-    ds = ds.skip(start_step * batch_size).batch(batch_size)
+    def segment_start(self, segment: int) -> int:
+        """Plan position of the first batch of segment `segment`."""
+        return int(self.starts[segment])
 
-    def local_rows(batch):
-        n = tf.shape(batch["index"])[0] // row_multiple * row_multiple
-        start, stop = _process_rows(n, process_index, process_count)
+    def __call__(self, position: int) -> dict[str, np.ndarray]:
+        segment = int(np.searchsorted(self.starts, position, side="right")) - 1
+        part, batch = self.segments[segment], int(position - self.starts[segment])
+        if part.epoch:
+            return self._train_batch(part, batch)
+        return self._eval_batch(part, batch)
+
+    def _source(self, split: str):
+        if split not in self._sources:
+            self._sources[split] = self.dataset.source(split)
+        return self._sources[split]
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._permutations:  # one epoch at a time: OpenImages' is 27 MB
+            self._permutations = {epoch: epoch_permutation(self.options.seed, epoch, self.dataset.split_sizes["train"])}
+        return self._permutations[epoch]
+
+    def _read(self, split: str, index: np.ndarray, flip: np.ndarray | None = None):
+        """(images (L,S,S,3), records) of examples `index`: only these records are read."""
+        o = self.options
+        records = self._source(split).__getitems__([int(i) for i in index]) if len(index) else []
+        out = np.empty((len(index), o.image_size, o.image_size, 3), np.uint8)
+        for row, record in enumerate(records):
+            try:
+                image = images.decode_and_resize(record["image"], o.image_size, o.resize)
+            except images.DecodeError as error:
+                raise images.DecodeError(
+                    f"{self.dataset.directory}, split {split}, example {int(index[row])} (image "
+                    f"{record['image_id'].decode(errors='replace')}): {error}; re-run the prepare command, which "
+                    "drops unreadable images") from None
+            out[row] = image[:, ::-1] if flip is not None and flip[row] else image
+        return out, records
+
+    def _train_batch(self, part: Segment, step: int) -> dict[str, np.ndarray]:
+        o = self.options
+        batch_index = self._permutation(part.epoch)[step * o.batch_size:][: o.batch_size]
+        batch_index = batch_index[: len(batch_index) // o.row_multiple * o.row_multiple]
+        rows = len(batch_index) // o.process_count
+        index = batch_index[o.process_index * rows:][:rows]
+        flip = flips(o.seed, part.epoch, index) if o.random_flip else None
+        image, records = self._read(part.split, index, flip)
+        parsed = masks.parse(o.observation)
+        if parsed is None:
+            labels = _stack(records, TRAIN_LABELS[o.train_labels], self.dataset.num_classes)
+        else:
+            labels = masks.observe(_stack(records, "labels", self.dataset.num_classes), index, mode=o.observation,
+                                   seed=o.observation_seed, encoding=self.dataset.label_encoding)
+        return {"image": image, "labels": labels, "index": index.astype(np.int64),
+                "batch_index": batch_index.astype(np.int64)}
+
+    def _eval_batch(self, part: Segment, batch: int) -> dict[str, np.ndarray]:
+        o = self.options
+        rows = o.eval_batch_size // o.process_count
+        first = batch * o.eval_batch_size + o.process_index * rows
+        index = np.arange(first, min(first + rows, self.dataset.split_sizes[part.split]), dtype=np.int64)
+        image, records = self._read(part.split, index)
+        labels = _stack(records, "labels", self.dataset.num_classes)
+        pad = rows - len(index)
         return {
-            "image": _decode_rows(tf, batch["image"][start:stop], batch["index"][start:stop], image_size,
-                                  eseed if flip else None, antialias, image_format(builder)),
-            "labels": batch["labels"][start:stop],
-            "index": batch["index"][:n],
+            "image": np.concatenate([image, np.zeros((pad,) + image.shape[1:], np.uint8)]),
+            "labels": np.concatenate([labels, np.zeros((pad, labels.shape[1]), np.int8)]),
+            "index": np.concatenate([index, np.full(pad, -1, np.int64)]),
         }
 
-    ds = ds.map(local_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.filter(lambda batch: tf.shape(batch["index"])[0] > 0).prefetch(tf.data.AUTOTUNE)
-    yield from tfds.as_numpy(ds)
+
+def _stack(records, key: str, num_classes: int) -> np.ndarray:
+    if not records:
+        return np.zeros((0, num_classes), np.int8)
+    return np.stack([np.asarray(r[key], np.int8) for r in records])
 
 
-def eval_batches(
-    builder, split: str, *, batch_size: int, image_size: int, process_index: int = 0, process_count: int = 1,
-    antialias: bool = True,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, in stored order, in global batches padded to `batch_size`.
+def default_workers() -> int:
+    import os
 
-    Yields {'image': this process's rows (L = batch_size / process_count), 'labels' (full labels),
-    'index' and 'mask' (True on real rows): the whole global batch}. Padded rows have index -1.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Stream:
+    """The plan's batches from position `start` on, decoded by `workers` processes (0: this process).
+
+    Iterate it, and `close()` it when done (it is also a context manager): the workers and their
+    shared memory are released at once, not at interpreter exit.
     """
-    tf = _tf()
-    import tensorflow_datasets as tfds
 
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(options=_options(tf)),
-    )
-    ds = ds.map(lambda ex: {"image": ex["image"], "labels": tf.cast(ex["labels"], tf.int8), "index": ex["index"]})
-    start, stop = _process_rows(batch_size, process_index, process_count)
+    def __init__(self, reader: BatchReader, start: int = 0, workers: int = 0, buffer_per_worker: int = 2):
+        import grain
+        from absl import flags
 
-    def local_rows(batch):
-        n = tf.shape(batch["index"])[0]
-        first, last = tf.minimum(start, n), tf.minimum(stop, n)
-        images = _decode_rows(tf, batch["image"][first:last], batch["index"][first:last], image_size, None, antialias,
-                              image_format(builder))
-        return {"image": images, "labels": batch["labels"], "index": batch["index"]}
+        if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller may not have parsed any
+            flags.FLAGS.mark_as_parsed()
+        dataset = grain.MapDataset.range(start, len(reader)).map(reader)
+        iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        if workers > 0:
+            iterable = iterable.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer_per_worker))
+        self._iterator = iter(iterable)
 
-    ds = ds.batch(batch_size).map(local_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    for batch in tfds.as_numpy(ds.prefetch(tf.data.AUTOTUNE)):
-        image = pad_rows(batch.pop("image"), stop - start, 0)
-        batch = {name: pad_rows(value, batch_size, -1 if name == "index" else 0) for name, value in batch.items()}
-        batch["mask"] = batch["index"] >= 0
-        batch["image"] = image
-        yield batch
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._iterator)
+
+    def take(self, count: int) -> Iterator[dict[str, np.ndarray]]:
+        """The next `count` batches (one segment)."""
+        for _ in range(count):
+            yield next(self._iterator)
+
+    def close(self) -> None:
+        import gc
+
+        from grain._src.python.ipc import shared_memory_array
+
+        self._iterator.close()
+        self._iterator = None
+        # Batches arrive in shared memory that is unlinked when their arrays are collected, by a
+        # thread pool of grain's: collect them now and wait for that pool, or the segments would
+        # outlive the run (and the resource tracker would warn about them at exit).
+        gc.collect()
+        pool = shared_memory_array.SharedMemoryArray._del_thread_pool
+        if pool is not None:
+            shared_memory_array.SharedMemoryArray._del_thread_pool = None
+            pool.close()
+            pool.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
-def pad_rows(value: np.ndarray, rows: int, fill) -> np.ndarray:
-    """`value` padded with `fill` to `rows` rows."""
-    pad = np.full((rows - len(value),) + value.shape[1:], fill, value.dtype)
-    return np.concatenate([value, pad])
+def eval_plan(dataset: Dataset, split: str, options: Options) -> list[Segment]:
+    """One evaluation pass over `split`."""
+    return [Segment(split, eval_batch_count(dataset.split_sizes[split], options))]
+
+
+def run_plan(dataset: Dataset, options: Options, num_epochs: int) -> list[Segment]:
+    """Every epoch's training batches and validation pass, then the test pass."""
+    train = steps_per_epoch(dataset.split_sizes["train"], options)
+    plan = []
+    for epoch in range(1, num_epochs + 1):
+        plan += [Segment("train", train, epoch)] + eval_plan(dataset, "validation", options)
+    return plan + eval_plan(dataset, "test", options)

@@ -8,23 +8,69 @@ Several hosts (one process per host, every process runs the same command plus --
   other CPU/GPU hosts: ... --distributed --coordinator_address=HOST0:PORT --num_processes=N --process_id=I
 The workdir must be storage that every host sees: gs://..., or a shared file system
 (NFS) mounted at the same path everywhere, declared with --workdir_is_shared.
+
+A mistake the user can fix (a config value, a missing dataset or weights file, a busy workdir, a
+full disk, Ctrl-C) ends with one line on stderr and exit code 2; --debug shows the traceback.
 """
 
+from __future__ import annotations
+
+import errno
+import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); override fields with --config.a.b=value.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics.jsonl, result.json.")
-flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize): every process passes it. "
-                  "Cloud TPU pods, SLURM and Open MPI need nothing else; other clusters also give the three flags below.")
-flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0, reachable from every process.")
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); override fields with --config.a.b=value.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics.jsonl, TensorBoard, result.json.")
+flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize): every process passes "
+                  "it. Cloud TPU pods, SLURM and Open MPI need nothing else; other clusters also give the three flags "
+                  "below.")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0, reachable from every "
+                    "process.")
 flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
 flags.DEFINE_integer("process_id", None, "With --distributed: this process's id, 0 .. num_processes - 1.")
 flags.DEFINE_bool("workdir_is_shared", False, "A multi-process run may use a local --workdir path: it is a shared "
                   "file system (NFS) that every process sees at that path.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_bool("verbose", False, "Also show what the libraries log (orbax, grain, absl) and their warnings.")
+flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of its one-line message.")
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit code 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a bad --config override or config file reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as error:
+        if "--debug" in argv:
+            raise
+        text = str(error).strip().strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        if isinstance(error, (AttributeError, KeyError)):  # an override naming a field that does not exist
+            text = f"a --config.* override names a field that does not exist: {text} (README, Running)"
+        fail(text)
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Our lines only: the libraries' INFO logs and warnings are for --verbose."""
+    from absl import logging
+
+    if verbose:
+        logging.set_verbosity(logging.INFO)
+        return
+    import warnings
+
+    logging.set_verbosity(logging.ERROR)  # orbax logs every file it writes; grain its pools
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ logs of XLA plugins that share TF's logger
 
 
 def initialize_distributed(distributed: bool, coordinator_address, num_processes, process_id) -> None:
@@ -52,23 +98,53 @@ def check_shared_workdir(workdir: str, workdir_is_shared: bool) -> None:
         )
 
 
+def disk_full(error: BaseException) -> OSError | None:
+    """The 'no space left on device' error behind `error`, if that is what it is."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return error
+        if "No space left on device" in str(error):
+            return OSError(errno.ENOSPC, "No space left on device")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     FLAGS = flags.FLAGS
-    initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    check_shared_workdir(FLAGS.workdir, FLAGS.workdir_is_shared)
-    from bridgegap_jax import train  # after flag parsing: --help stays fast
-    from bridgegap_jax.datasets.catalog import DatasetNotFoundError
-    from bridgegap_jax.pretrained import WeightsNotFoundError
+    quiet_libraries(FLAGS.verbose)
+    from bridgegap_jax.errors import UserError
 
+    workdir = FLAGS.workdir
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (DatasetNotFoundError, WeightsNotFoundError) as error:  # a missing input: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        check_shared_workdir(workdir, FLAGS.workdir_is_shared)
+        from bridgegap_jax import trainer  # after flag parsing: --help stays fast
+
+        trainer.train_and_evaluate(FLAGS.config, workdir)
+    except UserError as error:
+        if FLAGS.debug:
+            raise
+        fail(error)
+    except KeyboardInterrupt:
+        if FLAGS.debug:
+            raise
+        fail(f"interrupted: rerun the same command to resume {workdir} from its latest checkpoint")
+    except Exception as error:  # noqa: BLE001 - only a full disk is turned into a message; the rest re-raises
+        full = disk_full(error)
+        if full is None or FLAGS.debug:
+            raise
+        fail(f"no space left on the device holding {full.filename or workdir}: free some space (or choose another "
+             "--workdir / --config.data.data_dir), then rerun the same command to resume from the latest checkpoint")
+
+
+def run() -> None:
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,4 +1,4 @@
-"""ResNet in torchvision layout + 1x1-conv class activation map + BoostLU (SPEC §1).
+"""ResNet in torchvision layout + 1x1-conv class activation map + BoostLU (docs/method.md, "Model").
 
 `CAMClassifier` takes uint8 images (B, H, W, 3), normalises them on the device (the host ships
 uint8: a quarter of the bytes and no float work in the input pipeline), runs the trunk, and

@@ -1,4 +1,4 @@
-"""torchvision ImageNet ResNet weights -> the Flax trunk of `models.CAMClassifier` (SPEC §1).
+"""torchvision ImageNet ResNet weights -> the Flax trunk of `models.CAMClassifier` (docs/method.md, "Model").
 
 Convert once, load at every run:
 
@@ -40,6 +40,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from bridgegap_jax.errors import UserError
+
 # torchvision's files: the reference's `pretrained=True` is V1.
 TORCHVISION_URLS = {
     (50, "V1"): "https://download.pytorch.org/models/resnet50-0676ba61.pth",
@@ -52,8 +54,12 @@ VARIABLES_ITEM, INFO_ITEM = "variables", "info"
 _IGNORED_SUFFIX = ".num_batches_tracked"
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     """A weights file or converted trunk that is not there; the message says how to get it."""
+
+
+class WeightsError(UserError, ValueError):
+    """A weights file that is not what it should be; the message names it and what to do."""
 
 
 def where_to_get(depth: int = 50, out: str = "DIR") -> str:
@@ -63,7 +69,8 @@ def where_to_get(depth: int = 50, out: str = "DIR") -> str:
         f"(IMAGENET1K_V1, what the BoostLU reference's pretrained=True loads; V2: {TORCHVISION_URLS[(depth, 'V2')]}), "
         f"or model.safetensors of the Hugging Face model {TIMM_NAMES[depth]}, then convert it once with "
         f"`python -m bridgegap_jax.pretrained --source=FILE --out={out} --depth={depth}` "
-        f"and set --config.model.pretrained={out}"
+        f"and set --config.model.pretrained={out}; or train from a random initialisation with "
+        "--config.model.pretrained=''"
     )
 
 
@@ -83,24 +90,28 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 8:
-        raise ValueError(f"{path} is not a safetensors file (only {len(raw)} bytes)")
+        raise WeightsError(f"{path} is not a safetensors file (only {len(raw)} bytes)")
     header_len = int.from_bytes(raw[:8], "little")
     if header_len > len(raw) - 8:
-        raise ValueError(f"{path} is not a safetensors file (header length {header_len} exceeds the file size)")
+        raise WeightsError(f"{path} is not a safetensors file (header length {header_len} exceeds the file size)")
     try:
         header = json.loads(raw[8 : 8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a safetensors file (header is not JSON: {e})") from None
+        raise WeightsError(f"{path} is not a safetensors file (header is not JSON: {e})") from None
     data = memoryview(raw)[8 + header_len :]
     tensors = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        dtype_name, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        try:
+            dtype_name, shape, (start, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise WeightsError(f"{path} is not a safetensors file (tensor {name!r} lacks a dtype, shape or "
+                               "data_offsets); download it again") from None
         if dtype_name not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name} has unsupported dtype {dtype_name}")
+            raise WeightsError(f"{path}: tensor {name} has unsupported dtype {dtype_name}")
         if end > len(data):
-            raise ValueError(f"{path}: tensor {name} runs past the end of the file (truncated download?)")
+            raise WeightsError(f"{path}: tensor {name} runs past the end of the file (truncated download?)")
         if dtype_name == "BF16":
             bits = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint32) << 16
             array = bits.view(np.float32)
@@ -119,9 +130,14 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
             f"reading {path} needs torch (pip install torch), which training does not need; "
             "or convert a .safetensors file instead, which needs numpy only"
         ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch refuses unsafe or broken pickles with several types
+        raise WeightsError(f"{path} is not a plain torchvision state dict: torch refused to load it with "
+                           f"weights_only=True ({type(e).__name__}: {' '.join(str(e).split())[:200]}); use "
+                           "torchvision's own file or a .safetensors file") from None
     if not isinstance(state, Mapping) or not all(hasattr(v, "numpy") for v in state.values()):
-        raise ValueError(f"{path} is not a plain state dict {{name: tensor}} as torchvision's files are")
+        raise WeightsError(f"{path} is not a plain state dict {{name: tensor}} as torchvision's files are")
     return {name: value.detach().cpu().float().numpy() if value.is_floating_point() else value.numpy()
             for name, value in state.items()}
 
@@ -135,14 +151,14 @@ def read_source(path: str) -> dict[str, np.ndarray]:
         return read_safetensors(path)
     if path.endswith((".pth", ".pt", ".bin")):
         return read_torch_state_dict(path)
-    raise ValueError(f"{path}: expected a .pth (torchvision) or .safetensors file; " + where_to_get())
+    raise WeightsError(f"{path}: expected a .pth (torchvision) or .safetensors file; " + where_to_get())
 
 
 def _check_torchvision_hash(path: str) -> None:
     """torchvision's file names carry the first 8 hex digits of the file's sha256: check them."""
     match = re.fullmatch(r"resnet\d+-([0-9a-f]{8})\.pth", os.path.basename(path))
     if match and not sha256(path).startswith(match.group(1)):
-        raise ValueError(f"{path} is corrupt or truncated: its sha256 does not start with {match.group(1)}; download it again")
+        raise WeightsError(f"{path} is corrupt or truncated: its sha256 does not start with {match.group(1)}; download it again")
 
 
 def sha256(path: str) -> str:
@@ -230,7 +246,7 @@ def infer_depth(state_dict: Mapping[str, Any]) -> int:
     for depth, stages in RESNET_STAGES.items():
         if stages == (kind, blocks):
             return depth
-    raise ValueError(f"the state dict is not a torchvision ResNet ({kind} blocks per stage {blocks}); " + where_to_get())
+    raise WeightsError(f"the state dict is not a torchvision ResNet ({kind} blocks per stage {blocks}); " + where_to_get())
 
 
 def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width: int = 64) -> dict[str, dict]:
@@ -257,7 +273,7 @@ def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width:
             unknown.append(name)
             continue
         if key in filled:  # two torch names for one leaf: cannot happen with the map above
-            raise ValueError(f"{name} fills {_name(key)} a second time")
+            raise WeightsError(f"{name} fills {_name(key)} a second time")
         array = np.asarray(value, np.float32)
         if array.ndim == 4:
             array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
@@ -275,7 +291,7 @@ def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width:
     if missing:
         problems.append(f"{len(missing)} Flax leaf/leaves not filled: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
     if problems:
-        raise ValueError(f"these weights are not a torchvision ResNet-{depth} (width {width}): " + "; ".join(problems)
+        raise WeightsError(f"these weights are not a torchvision ResNet-{depth} (width {width}): " + "; ".join(problems)
                          + ". Check --depth; " + where_to_get(depth if depth in (50, 101) else 50))
     return _unflatten(filled)
 
@@ -340,7 +356,7 @@ def load_pretrained_trunk(path: str, variables: Mapping) -> dict:
     have = info["shapes"]
     if want != have:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        raise ValueError(
+        raise WeightsError(
             f"model.pretrained={path} holds a ResNet-{info.get('depth')} trunk (width {info.get('width')}) that does not "
             f"fit this model ({len(diff)} leaves differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); "
             "convert the weights of the model.depth you train: " + where_to_get(info.get("depth") if info.get("depth") in (50, 101) else 50)
@@ -360,7 +376,7 @@ def convert(source: str, out: str, depth: int | None = None) -> str:
     state_dict = read_source(source)
     found = infer_depth(state_dict)
     if depth is not None and depth != found:
-        raise ValueError(f"{source} holds ResNet-{found} weights, not ResNet-{depth}; " + where_to_get(depth))
+        raise WeightsError(f"{source} holds ResNet-{found} weights, not ResNet-{depth}; " + where_to_get(depth))
     trunk = convert_torchvision(state_dict, found)
     dropped = sorted(k for k in state_dict if k.startswith("fc."))
     info = {"depth": found, "width": 64, "source": os.path.abspath(os.path.expanduser(source)),
@@ -380,9 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = convert(args.source, args.out, args.depth)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (UserError, FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(f"wrote {out}; train with --config.model.pretrained={out}")
     return 0
 

@@ -8,7 +8,8 @@ The same code runs on one device, several, or several hosts (one process per hos
 
 from __future__ import annotations
 
-from typing import Sequence
+import collections
+from typing import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -47,3 +48,18 @@ def to_host(array: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def prefetch_to_device(batches: Iterator[dict], mesh: Mesh, keys: Sequence[str], depth: int = 2) -> Iterator[tuple[dict, dict]]:
+    """(host batch, {key: global device array}) pairs, `depth` batches ahead of the consumer.
+
+    The copies are dispatched asynchronously, so the next batches travel to the devices while the
+    current step runs. `batches` must already be final on the host (e.g. LL-Cp's corrections applied).
+    """
+    queue: collections.deque = collections.deque()
+    for batch in batches:
+        queue.append((batch, {key: to_global(mesh, batch[key]) for key in keys}))
+        if len(queue) > depth:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

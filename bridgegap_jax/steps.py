@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from bridgegap_jax import sharding
-from bridgegap_jax.losses import LossOutput
+from bridgegap_jax.losses import LossOutput, bce_with_logits
 from bridgegap_jax.models import CAMClassifier
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -26,10 +26,12 @@ LossFn = Callable[[jax.Array, jax.Array, jax.Array], LossOutput]  # (logits, obs
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array
+    step: jax.Array  # batches consumed
     params: Any
     batch_stats: Any
     opt_state: Any
+    skipped_steps: jax.Array  # steps whose loss or gradients were not finite (their update was dropped)
+    first_skipped_step: jax.Array  # the first of them (1-based), or 0
 
     def model_vars(self) -> dict:
         return {"params": self.params, "batch_stats": self.batch_stats}
@@ -57,8 +59,8 @@ def make_optimizer(lr: float, head_lr_mult: float) -> optax.GradientTransformati
 
 def initial_state(model: CAMClassifier, tx: optax.GradientTransformation, image_size: int, seed: int) -> TrainState:
     variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3), jnp.uint8), train=False)
-    params = variables["params"]
-    return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params))
+    params, zero = variables["params"], jnp.zeros((), jnp.int32)
+    return TrainState(zero, params, variables["batch_stats"], tx.init(params), zero, zero)
 
 
 def create_state(model, tx, image_size: int, seed: int, mesh) -> TrainState:
@@ -75,11 +77,15 @@ def abstract_state(model, tx, image_size: int, mesh) -> TrainState:
 
 
 def train_step(state: TrainState, images: jax.Array, observed: jax.Array, k: jax.Array, *,
-               model: CAMClassifier, tx: optax.GradientTransformation,
-               loss_fn: LossFn) -> tuple[TrainState, dict, jax.Array]:
+               model: CAMClassifier, tx: optax.GradientTransformation, loss_fn: LossFn,
+               halt_on_nonfinite: bool = True) -> tuple[TrainState, dict, jax.Array]:
     """One step: forward (BoostLU inside the model), the scheme's loss, backward, Adam.
 
-    Returns the new state, scalar metrics, and the (B, C) entries the loss selected.
+    Returns the new state, scalar metrics, and the (B, C) entries the loss selected. A step whose
+    loss or gradient norm is not finite changes nothing but the step and skip counters, so a
+    non-finite state can never reach a checkpoint; the host reads the counters when it logs or
+    saves (no sync per step). With `halt_on_nonfinite` the first such step also freezes every
+    later update, so the state stays the last finite one until the host stops the run.
     """
 
     def objective(params):
@@ -91,26 +97,38 @@ def train_step(state: TrainState, images: jax.Array, observed: jax.Array, k: jax
 
     (loss, (selected, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    apply = finite & (state.skipped_steps == 0) if halt_on_nonfinite else finite
+    updated = (optax.apply_updates(state.params, updates), batch_stats, opt_state)
+    kept = (state.params, state.batch_stats, state.opt_state)
+    params, batch_stats, opt_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated, kept)
+    step = state.step + 1
     new_state = state.replace(
-        step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
-        batch_stats=batch_stats,
-        opt_state=opt_state,
+        step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
+        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
+        first_skipped_step=jnp.where((state.first_skipped_step == 0) & ~finite, step, state.first_skipped_step),
     )
-    metrics = {"loss": loss, "num_selected": jnp.sum(selected), "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "num_selected": jnp.sum(selected), "grad_norm": grad_norm}
     return new_state, metrics, selected
 
 
-def eval_step(model_vars: dict, images: jax.Array, *, model: CAMClassifier) -> jax.Array:
-    """Probabilities sigmoid(mean(BoostLU(CAM))), float32 (B, C)."""
+def eval_step(model_vars: dict, images: jax.Array, labels: jax.Array, *,
+              model: CAMClassifier) -> tuple[jax.Array, jax.Array]:
+    """(probabilities sigmoid(mean(BoostLU(CAM))) (B, C) float32, per-row BCE sums (B,)).
+
+    The BCE is against the full labels (target 1 where label == 1) over the entries that count in
+    evaluation (all, or the verified ones where labels hold -1): the validation loss.
+    """
     logits, _ = model.apply(model_vars, images, train=False)
-    return jax.nn.sigmoid(logits)
+    bce = jnp.where(labels >= 0, bce_with_logits(logits, (labels == 1).astype(jnp.float32)), 0.0)
+    return jax.nn.sigmoid(logits), jnp.sum(bce, axis=1)
 
 
-def jit_train_step(model, tx, loss_fn: LossFn, mesh) -> Callable:
+def jit_train_step(model, tx, loss_fn: LossFn, mesh, halt_on_nonfinite: bool = True) -> Callable:
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(
-        functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn),
+        functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, halt_on_nonfinite=halt_on_nonfinite),
         in_shardings=(replicated, batch, batch, replicated),
         out_shardings=(replicated, replicated, batch),
         donate_argnums=0,
@@ -119,4 +137,5 @@ def jit_train_step(model, tx, loss_fn: LossFn, mesh) -> Callable:
 
 def jit_eval_step(model, mesh) -> Callable:
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    return jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, batch), out_shardings=batch)
+    return jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, batch, batch),
+                   out_shardings=(batch, batch))

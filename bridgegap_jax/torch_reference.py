@@ -1,4 +1,4 @@
-"""The PyTorch reference training step, written from SPEC §1 and §3, for parity tests and benchmarks.
+"""The PyTorch reference training step, written from docs/method.md ("Model") and §3, for parity tests and benchmarks.
 
 torch and torchvision are a test/benchmark extra: training never imports this module. It lives
 apart from `benchmark.py` so that the parity tests use exactly the step the benchmark times
@@ -67,7 +67,7 @@ def normalize_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def large_loss(logits: torch.Tensor, observed: torch.Tensor, k: int, *, scheme: str, unobserved_value: int) -> torch.Tensor:
-    """SPEC §3: assume-negative BCE; from epoch 2 the k largest unobserved losses (ties included)
+    """docs/method.md ("Loss"): assume-negative BCE; from epoch 2 the k largest unobserved losses (ties included)
     are zeroed (LL-R) or replaced by the flipped-target loss (LL-Ct, LL-Cp); mean over B*C."""
     logits = logits.float()
     target = observed.clamp(min=0).float()

@@ -1,6 +1,6 @@
-"""MS-COCO 2014, single positive, ResNet-50 at 448 (SPEC §4).
+"""MS-COCO 2014, single positive, ResNet-50 at 448 (docs/method.md, "Protocol").
 
-Prepare once: python -m bridgegap_jax.datasets.prepare coco --source=<folder with annotations/, train2014/, val2014/>
+Prepare once: python -m bridgegap_jax.prepare coco --source=<folder with annotations/, train2014/, val2014/>
   --data_dir=<data_dir>
 """
 

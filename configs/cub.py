@@ -1,6 +1,6 @@
-"""CUB-200-2011 attributes, single positive, ResNet-50 at 448 (SPEC §4).
+"""CUB-200-2011 attributes, single positive, ResNet-50 at 448 (docs/method.md, "Protocol").
 
-Prepare once: python -m bridgegap_jax.datasets.prepare cub --source=<folder with CUB_200_2011/> --data_dir=<data_dir>
+Prepare once: python -m bridgegap_jax.prepare cub --source=<folder with CUB_200_2011/> --data_dir=<data_dir>
 """
 
 from configs import base

@@ -1,6 +1,6 @@
-"""NUS-WIDE, single positive, ResNet-50 at 448 (SPEC §4).
+"""NUS-WIDE, single positive, ResNet-50 at 448 (docs/method.md, "Protocol").
 
-Prepare once: python -m bridgegap_jax.datasets.prepare nuswide --source=<folder with formatted_*.npy>
+Prepare once: python -m bridgegap_jax.prepare nuswide --source=<folder with formatted_*.npy>
   --images=<Flickr/ folder> --data_dir=<data_dir>
 """
 

@@ -1,9 +1,9 @@
-"""OpenImages V3 (2017_11), partially verified labels, ResNet-101 (SPEC §5).
+"""OpenImages V3 (2017_11), partially verified labels, ResNet-101 (docs/method.md, "OpenImages").
 
 Large Loss Matters: 20 epochs at lr 2e-5, delta_rel searched in {0.005, 0.01}; batch size,
 input size and alpha were not published (defaults: 16, 448, 5).
 
-Prepare once: python -m bridgegap_jax.datasets.prepare openimages --source=<2017_11 CSVs + images/> --data_dir=<data_dir>
+Prepare once: python -m bridgegap_jax.prepare openimages --source=<2017_11 CSVs + images/> --data_dir=<data_dir>
 """
 
 from configs import base

@@ -1,6 +1,6 @@
-"""PASCAL VOC 2012, single positive, ResNet-50 at 448 (SPEC §4).
+"""PASCAL VOC 2012, single positive, ResNet-50 at 448 (docs/method.md, "Protocol").
 
-Prepare once: python -m bridgegap_jax.datasets.prepare voc --source=<folder with VOCdevkit/> --data_dir=<data_dir>
+Prepare once: python -m bridgegap_jax.prepare voc --source=<folder with VOCdevkit/> --data_dir=<data_dir>
 """
 
 from configs import base

@@ -2,10 +2,10 @@
 """Train on one machine with several GPUs: one process drives all of them (jit over a mesh).
 
     python launch/gpu_host.py setup run --workdir=runs/oi --data_dir=/data/tfds [--gpus=0,1,2,3] \
-        [--config=configs/openimages.py] [--dry-run] [-- --config.loss.scheme=LL-Cp ...]
+        [--config=configs/openimages.py] [--pretrained=DIR] [--dry-run] [-- --config.loss.scheme=LL-Cp ...]
 
-`setup` installs the package with CUDA jax into the active Python environment; `run` trains (rerun
-it to resume). The global batch (config.train.batch_size, 16 as the paper) is split over the GPUs,
+`setup` installs the package with CUDA jax into the active Python environment, at the versions of
+constraints.txt; `run` trains (rerun it to resume). The global batch (config.train.batch_size, 16 as the paper) is split over the GPUs,
 so their number must divide it. --dry-run prints the commands instead of running them.
 """
 
@@ -40,10 +40,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def commands(args, step: str) -> list[list[str]]:
     if step == "setup":
-        return [[sys.executable, "-m", "pip", "install", "-U", "jax[cuda12]", "-e", REPO]]
+        return [[sys.executable, "-m", "pip", "install", "-c", os.path.join(REPO, "constraints.txt"), "jax[cuda12]",
+                 "-e", REPO]]
     env = [f"CUDA_VISIBLE_DEVICES={args.gpus}"] if args.gpus is not None else []
-    flags = [f"--config={args.config}", f"--workdir={args.workdir}", f"--config.data.data_dir={args.data_dir}", *args.overrides]
-    return [["env", *env, sys.executable, "-m", "bridgegap_jax.main", *flags]]
+    return [["env", *env, sys.executable, "-m", "bridgegap_jax.main", *common.run_flags(args, args.data_dir)]]
 
 
 def main(argv: list[str]) -> None:

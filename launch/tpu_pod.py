@@ -2,13 +2,18 @@
 """Train on a Cloud TPU VM pod slice: create it, set up every worker, run, delete.
 
     python launch/tpu_pod.py create setup run delete --name=bg-oi --project=P --zone=us-central2-b \
-        --accelerator_type=v4-32 --workdir=gs://BUCKET/runs/oi --data_dir=gs://BUCKET/tfds [--spot] \
-        [--queued] [--dry-run] [-- --config.loss.scheme=LL-Cp ...]
+        --accelerator_type=v4-32 --workdir=gs://BUCKET/runs/oi --data_dir=gs://BUCKET/tfds \
+        --pretrained=gs://BUCKET/weights/resnet101_v1 [--spot] [--queued] [--dry-run] \
+        [-- --config.loss.scheme=LL-Cp ...]
 
-Steps run in the order given. `run` starts `python -m bridgegap_jax.main` on all workers at once
-(gcloud ... ssh --worker=all) and streams their output here (only process 0 prints); if the
-connection drops or a spot slice is preempted, `run` again resumes from the latest checkpoint.
-`logs` shows worker 0's log of the last run. --dry-run prints every command instead of running it.
+Steps run in the order given. `setup` copies the code to every worker, installs it (at the versions
+of constraints.txt) and mounts the data bucket read-only with gcsfuse at /mnt/gcs/BUCKET: the
+ArrayRecord files are read through that mount, each host reading only its own rows. Checkpoints and
+metrics go to the gs:// workdir directly (orbax), and the converted weights are read from gs://.
+`run` starts `python -m bridgegap_jax.main` on all workers at once (gcloud ... ssh --worker=all)
+and streams their output here (only process 0 prints); if the connection drops or a spot slice is
+preempted, `run` again resumes from the latest checkpoint. `logs` shows worker 0's log of the last
+run. --dry-run prints every command instead of running it.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ import common  # launch/common.py: the script's own folder is on sys.path
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMOTE_DIR = "bridgegap_jax"  # under the worker's home directory
 TARBALL = "bridgegap_jax.tar.gz"
-CODE = ["bridgegap_jax", "configs", "pyproject.toml", "README.md"]
+CODE = ["bridgegap_jax", "configs", "pyproject.toml", "constraints.txt", "README.md"]
+MOUNT_ROOT = "/mnt/gcs"  # gcsfuse mounts gs://BUCKET at /mnt/gcs/BUCKET on every worker
 # The TPU VM software image per generation (cloud.google.com/tpu/docs/runtimes).
 RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 STEPS = ("create", "setup", "run", "logs", "delete")
 NEEDS = {  # the settings each step needs
     "create": ("name", "project", "zone", "accelerator_type"),
-    "setup": ("name", "project", "zone"),
+    "setup": ("name", "project", "zone", "data_dir"),
     "run": ("name", "project", "zone", "workdir", "data_dir"),
     "logs": ("name", "project", "zone"),
     "delete": ("name", "project", "zone"),
@@ -66,10 +72,28 @@ def check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             hint = " (v5e slices are named v5litepod-N)" if args.accelerator_type.startswith("v5e") else ""
             parser.error(f"--accelerator_type={args.accelerator_type} is not a TPU slice type like v4-32 or v5litepod-64{hint}")
         args.runtime_version = args.runtime_version or RUNTIME_VERSIONS[match.group(1)]
-    for name in ("workdir", "data_dir"):
+    for name in ("workdir", "data_dir", "pretrained"):
         value = getattr(args, name)
         if value and not value.startswith("gs://"):
             parser.error(f"--{name}={value} must be a gs:// path: every worker of the pod reads it")
+
+
+def mounted(gs_path: str) -> str:
+    """gs://BUCKET/PATH -> where every worker sees it through the gcsfuse mount."""
+    return f"{MOUNT_ROOT}/{gs_path.removeprefix('gs://')}"
+
+
+def mount_command(data_dir: str) -> str:
+    """Install gcsfuse (Google's apt repository) and mount the data bucket read-only."""
+    bucket = data_dir.removeprefix("gs://").split("/")[0]
+    return ("set -e; if ! command -v gcsfuse >/dev/null; then "
+            "echo 'deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt "
+            "gcsfuse-'$(lsb_release -c -s)' main' | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null && "
+            "curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee "
+            "/usr/share/keyrings/cloud.google.asc >/dev/null && sudo apt-get update -qq && "
+            "sudo apt-get install -y -qq gcsfuse; fi; "
+            f"sudo mkdir -p {MOUNT_ROOT}/{bucket} && sudo chown $USER {MOUNT_ROOT}/{bucket} && "
+            f"(mountpoint -q {MOUNT_ROOT}/{bucket} || gcsfuse --implicit-dirs -o ro {bucket} {MOUNT_ROOT}/{bucket})")
 
 
 def gcloud_tpu(args, *command: str) -> list[str]:
@@ -82,8 +106,7 @@ def ssh_all(args, remote: str) -> list[str]:
 
 def main_command(args) -> str:
     """What every worker runs: the same command, joined into one run by jax.distributed."""
-    flags = [f"--config={args.config}", f"--workdir={args.workdir}", f"--config.data.data_dir={args.data_dir}",
-             "--distributed", *args.overrides]
+    flags = common.run_flags(args, mounted(args.data_dir), "--distributed")
     return f"set -o pipefail; cd ~/{REMOTE_DIR} && ~/venv/bin/python -m bridgegap_jax.main {shlex.join(flags)} 2>&1 | tee -a ~/run.log"
 
 
@@ -99,11 +122,12 @@ def commands(args, step: str) -> list[list[str]]:
         tarball = os.path.join("/tmp", TARBALL)
         install = (f"rm -rf ~/{REMOTE_DIR} && mkdir -p ~/{REMOTE_DIR} && tar -xzf ~/{TARBALL} -C ~/{REMOTE_DIR} && "
                    f"python3 -m venv ~/venv && ~/venv/bin/pip install -q -U pip && "
-                   f"~/venv/bin/pip install -q 'jax[tpu]' -e ~/{REMOTE_DIR}")
+                   f"~/venv/bin/pip install -q -c ~/{REMOTE_DIR}/constraints.txt 'jax[tpu]' -e ~/{REMOTE_DIR}")
         return [
             ["tar", "-czf", tarball, "-C", REPO, "--exclude=__pycache__", *CODE],
             gcloud_tpu(args, "tpu-vm", "scp", tarball, f"{args.name}:~/{TARBALL}", "--worker=all"),
             ssh_all(args, install),
+            *([ssh_all(args, mount_command(args.data_dir))] if args.data_dir else []),
         ]
     if step == "run":
         return [ssh_all(args, main_command(args))]

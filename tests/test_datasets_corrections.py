@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bridgegap_jax.checkpoint import RunCheckpoints
-from bridgegap_jax.corrections import LabelCorrections
+from bridgegap_jax.schemes.permanent_correction import LabelCorrections
 
 
 def test_corrections_survive_checkpoint_round_trip(tmp_path):
@@ -18,11 +18,11 @@ def test_corrections_survive_checkpoint_round_trip(tmp_path):
     train = {"params": {"w": jnp.arange(6.0).reshape(2, 3)}, "step": jnp.asarray(4, jnp.int32)}
     progress = {"epoch": 2, "step_in_epoch": 5}
 
-    checkpoints = RunCheckpoints(str(tmp_path))
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"))
     checkpoints.save_latest(4, {"train": train, "corrections": corrections.bits}, progress)
     checkpoints.close()
 
-    checkpoints = RunCheckpoints(str(tmp_path))
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"))
     target = {
         "train": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), train),
         "corrections": LabelCorrections(num_examples, num_classes).bits,

@@ -1,19 +1,19 @@
-"""prepare: fakes in each official layout -> tfds folders with the benchmark's rows and labels."""
+"""prepare: fakes in each official layout -> tfds ArrayRecord folders with the benchmark's rows and labels."""
 
 import os
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from bridgegap_jax import metrics
-from bridgegap_jax.datasets import catalog, fake, prepare, writer
+from bridgegap_jax.datasets import catalog
+from bridgegap_jax.prepare import cli, fake, writer
 
 SINGLE_POSITIVE = ("voc", "coco", "cub", "nuswide")
 
 
 def _spec2_observation(labels):
-    """SPEC §2, transcribed independently: fresh RandomState(1200); per row shuffle positives, keep
+    """docs/method.md ("Labels"), transcribed independently: fresh RandomState(1200); per row shuffle positives, keep
     the first; then shuffle negatives (consuming state) and keep none."""
     rng = np.random.RandomState(1200)
     out = np.zeros(labels.shape, np.int8)
@@ -27,7 +27,7 @@ def _spec2_observation(labels):
 
 
 def _expected_splits(truth):
-    """SPEC §4: observation per formatted file, then the 80/20 split of the train file."""
+    """docs/method.md ("Protocol"): observation per formatted file, then the 80/20 split of the train file."""
     images, labels = truth["train"]
     n = len(images)
     n_val = int(round(0.2 * n))
@@ -41,9 +41,9 @@ def _expected_splits(truth):
     }
 
 
-def _rows(builder, split):
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
-    rows = list(tfds.as_numpy(ds))
+def _rows(dataset, split):
+    source = dataset.source(split)
+    rows = source.__getitems__(list(range(len(source))))
     return {
         "image_id": np.array([r["image_id"].decode() for r in rows]),
         "labels": np.stack([r["labels"] for r in rows]),
@@ -54,8 +54,8 @@ def _rows(builder, split):
 
 
 def _prepare(name, source, data_dir, *extra):
-    prepare.main([name, f"--source={source}", f"--data_dir={data_dir}", "--workers=1", *extra])
-    return catalog.load_builder(name, data_dir)
+    assert cli.main([name, f"--source={source}", f"--data_dir={data_dir}", "--workers=1", *extra]) == 0
+    return catalog.open_dataset(name, data_dir)
 
 
 @pytest.fixture(scope="module", params=SINGLE_POSITIVE)
@@ -79,7 +79,7 @@ def test_single_positive_rows_labels_and_observation(single_positive):
         np.testing.assert_array_equal(got["labels"], labels[keep])
         np.testing.assert_array_equal(got["labels_obs"], obs[keep])
         np.testing.assert_array_equal(got["index"], np.arange(keep.sum()))
-        assert builder.info.splits[split].num_examples == keep.sum()
+        assert builder.split_sizes[split] == keep.sum()
         if split == "train":
             np.testing.assert_array_equal((got["labels_obs"] == 1).sum(1), 1)
     assert seen_dropped == dropped  # the fake's missing and corrupt images are rows of some split
@@ -90,11 +90,11 @@ def test_single_positive_manifest_and_class_names(single_positive):
     listed = {}
     for split in ("train", "validation", "test"):
         for image_id, status, _ in writer.read_manifest(
-            os.path.join(builder.data_dir, f"missing_{split}.tsv")
+            os.path.join(builder.directory, f"missing_{split}.tsv")
         ):
             listed[image_id] = status
     assert listed == {**{m: "missing" for m in made["missing"]}, **{c: "unreadable" for c in made["corrupt"]}}
-    names = catalog.class_names(builder, name)
+    names = builder.class_names
     assert len(names) == catalog.spec(name).num_classes
     if name == "voc":
         assert names[0] == "aeroplane" and names[-1] == "tvmonitor"
@@ -136,17 +136,17 @@ def test_stored_observation_is_used_as_is(tmp_path):
         "nuswide", tmp_path / "download", str(tmp_path / "tfds"), f"--images={made['image_root']}"
     )
     got = _rows(builder, "train")
-    rows = np.load(os.path.join(builder.data_dir, "file_rows_train.npy"))
+    rows = np.load(os.path.join(builder.directory, "file_rows_train.npy"))
     np.testing.assert_array_equal(got["labels_obs"], stored[rows])
     np.testing.assert_array_equal(got["image_id"], images[rows])
 
 
 @pytest.mark.parametrize("single_positive", ["voc"], indirect=True)  # the same code for every dataset
-def test_existing_dataset_needs_overwrite(single_positive):
+def test_existing_dataset_needs_overwrite(single_positive, capsys):
     name, made, builder = single_positive
-    data_dir = os.path.dirname(os.path.dirname(builder.data_dir))
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        prepare.main([name, f"--source={os.path.dirname(made['image_root'])}", f"--data_dir={data_dir}"])
+    data_dir = os.path.dirname(os.path.dirname(builder.directory))
+    assert cli.main([name, f"--source={os.path.dirname(made['image_root'])}", f"--data_dir={data_dir}"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +154,8 @@ def openimages(tmp_path_factory):
     root = tmp_path_factory.mktemp("openimages")
     made = fake.make("openimages", str(root / "download"))
     # Two worker processes: the parallel path must keep the row order too.
-    prepare.main(
-        ["openimages", f"--source={root / 'download'}", f"--data_dir={root / 'tfds'}", "--workers=2"]
-    )
-    return made, catalog.load_builder("openimages", str(root / "tfds"))
+    assert cli.main(["openimages", f"--source={root / 'download'}", f"--data_dir={root / 'tfds'}", "--workers=2"]) == 0
+    return made, catalog.open_dataset("openimages", str(root / "tfds"))
 
 
 def test_openimages_labels_and_manifest(openimages):
@@ -171,7 +169,7 @@ def test_openimages_labels_and_manifest(openimages):
         np.testing.assert_array_equal(got["labels"], labels[keep])
         np.testing.assert_array_equal(got["labels_obs"], labels[keep])
         np.testing.assert_array_equal(got["index"], np.arange(keep.sum()))
-        manifest = writer.read_manifest(os.path.join(builder.data_dir, f"missing_{split}.tsv"))
+        manifest = writer.read_manifest(os.path.join(builder.directory, f"missing_{split}.tsv"))
         assert {(m[0], m[1]) for m in manifest} == (
             {(i, "missing") for i in made["missing"][split]}
             | {(i, "unreadable") for i in made["corrupt"][split]}
@@ -185,7 +183,7 @@ def test_openimages_frequency_groups_and_names(openimages):
     keep = np.array([i not in dropped for i in ids])
     counts = (labels[keep] == 1).sum(0)
     table = np.genfromtxt(
-        os.path.join(builder.data_dir, "class_frequency.tsv"),
+        os.path.join(builder.directory, "class_frequency.tsv"),
         delimiter="\t",
         skip_header=1,
         usecols=(0, 3, 4),
@@ -194,10 +192,10 @@ def test_openimages_frequency_groups_and_names(openimages):
     np.testing.assert_array_equal(table[:, 0], np.arange(5000))
     np.testing.assert_array_equal(table[:, 1], counts)
     np.testing.assert_array_equal(table[:, 2], (labels == 1).sum(0))
-    groups = catalog.class_groups(builder)
+    groups = builder.groups
     np.testing.assert_array_equal(groups, metrics.frequency_groups(counts, 5))
     assert np.bincount(groups)[1:].tolist() == [1000] * 5
-    assert catalog.class_names(builder, "openimages")[7] == "Class, number 7"
+    assert builder.class_names[7] == "Class, number 7"
 
 
 def test_openimages_large_images_are_shrunk(openimages):

@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import cam_figures, cam_stats, explain, sharding, train
+from bridgegap_jax import cam_figures, cam_stats, configuration, explain, sharding
 from bridgegap_jax.checkpoint import RunCheckpoints
-from bridgegap_jax.datasets import demo
+from bridgegap_jax.prepare import demo
+from bridgegap_jax.rundir import CONFIG_FILE, RunDir
 from bridgegap_jax.models import CAMClassifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,11 +40,11 @@ def random_variables(model, image_size=32, seed=0):
 def make_run(workdir, config, seed=0, num_classes=10, checkpoint=True):
     """A fake finished run: config.json and a best checkpoint of random parameters."""
     os.makedirs(workdir)
-    with open(os.path.join(workdir, train.CONFIG_FILE), "w") as f:
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json_best_effort())
     if checkpoint:
-        variables = random_variables(train.make_model(config, num_classes), seed=seed)
-        checkpoints = RunCheckpoints(str(workdir))
+        variables = random_variables(configuration.model(config, num_classes), seed=seed)
+        checkpoints = RunCheckpoints(RunDir(str(workdir)).checkpoints)
         checkpoints.save_best(7, dict(variables), 50.0)
         checkpoints.close()
     return str(workdir)

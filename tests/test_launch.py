@@ -18,7 +18,8 @@ def printed_commands(out: str) -> list[list[str]]:
     return [shlex.split(line[2:].split("  #")[0]) for line in out.splitlines() if line.startswith("$ ")]
 
 
-POD = ["--name=bg-oi", "--project=my-project", "--workdir=gs://bucket/runs/oi", "--data_dir=gs://bucket/tfds"]
+POD = ["--name=bg-oi", "--project=my-project", "--workdir=gs://bucket/runs/oi", "--data_dir=gs://bucket/tfds",
+       "--pretrained=gs://bucket/weights/resnet101_v1"]
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,7 @@ def test_tpu_pod_dry_run_prints_every_command(accelerator, zone, runtime):
     result = dry_run("tpu_pod.py", "create", "setup", "run", "delete", *POD, f"--zone={zone}",
                      f"--accelerator_type={accelerator}", "--spot", "--", "--config.loss.scheme=LL-Cp")
     assert result.returncode == 0, result.stderr
-    create, tar, scp, setup, run, delete = printed_commands(result.stdout)
+    create, tar, scp, setup, mount, run, delete = printed_commands(result.stdout)
     scope = ["--project=my-project", f"--zone={zone}"]
     assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "bg-oi", f"--accelerator-type={accelerator}",
                       f"--version={runtime}", "--spot", *scope]
@@ -37,10 +38,15 @@ def test_tpu_pod_dry_run_prints_every_command(accelerator, zone, runtime):
     assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in scp
     assert setup[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "bg-oi"] and "--worker=all" in setup
     assert "pip install" in setup[7] and "jax[tpu]" in setup[7] and setup[7].startswith("--command=")
+    assert "constraints.txt" in setup[7] and "constraints.txt" in tar  # the pinned versions
+    # The data bucket is mounted read-only on every worker; the run reads the ArrayRecord files there.
+    assert mount[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "bg-oi", "--worker=all"]
+    assert "gcsfuse --implicit-dirs -o ro bucket /mnt/gcs/bucket" in mount[7]
     assert run[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "bg-oi", "--worker=all"] and run[8:] == scope
     remote = run[7].removeprefix("--command=")
     assert ("python -m bridgegap_jax.main --config=configs/openimages.py --workdir=gs://bucket/runs/oi "
-            "--config.data.data_dir=gs://bucket/tfds --distributed --config.loss.scheme=LL-Cp") in remote
+            "--config.data.data_dir=/mnt/gcs/bucket/tfds --config.model.pretrained=gs://bucket/weights/resnet101_v1 "
+            "--distributed --config.loss.scheme=LL-Cp") in remote
     assert delete == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "bg-oi", "--quiet", *scope]
 
 
@@ -74,7 +80,7 @@ def test_gpu_host_dry_run():
     result = dry_run("gpu_host.py", "setup", "run", "--workdir=runs/oi", "--data_dir=/data/tfds", "--gpus=0,1,2,3")
     assert result.returncode == 0, result.stderr
     setup, run = printed_commands(result.stdout)
-    assert setup[1:5] == ["-m", "pip", "install", "-U"] and "jax[cuda12]" in setup
+    assert setup[1:4] == ["-m", "pip", "install"] and "jax[cuda12]" in setup and setup[5].endswith("constraints.txt")
     assert run[:2] == ["env", "CUDA_VISIBLE_DEVICES=0,1,2,3"]
     assert run[3:] == ["-m", "bridgegap_jax.main", "--config=configs/openimages.py", "--workdir=runs/oi",
                        "--config.data.data_dir=/data/tfds"]

@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_multidevice_tests_pass_on_8_virtual_devices(demo_data_dir, tmp_path):
-    env = dict(os.environ, XLA_FLAGS=EIGHT_DEVICES_FLAG, TF_CPP_MIN_LOG_LEVEL="2", **{DEMO_DATA_DIR_VAR: demo_data_dir})
+    env = dict(os.environ, XLA_FLAGS=EIGHT_DEVICES_FLAG, **{DEMO_DATA_DIR_VAR: demo_data_dir})
     command = [sys.executable, "-m", "pytest", "tests/multidevice", "-q", "-rs", "-p", "no:cacheprovider", f"--basetemp={tmp_path}"]
     child = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     print(child.stdout[-3000:])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bridgegap_jax.datasets.observation import observe_single_positive
+from bridgegap_jax.prepare.observation import observe_single_positive
 
 
 def _reference(labels, num_pos, num_neg, seed, negative_shuffle=True):

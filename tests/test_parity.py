@@ -20,7 +20,7 @@ pytest.importorskip("torchvision", reason="torchvision is a test extra; parity t
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bridgegap_jax import losses, torch_reference, train  # noqa: E402
+from bridgegap_jax import schemes, steps, torch_reference  # noqa: E402
 from bridgegap_jax.models import CAMClassifier, ResNetTrunk  # noqa: E402
 
 torch.set_num_threads(2)
@@ -120,7 +120,7 @@ def test_key_map_and_paddings_exact_in_float64():
 # One training step
 # ----------------------------------------------------------------------------------------------
 def adam_first_moments(opt_state, params):
-    """The Adam mu of every param out of train.make_optimizer's multi_transform state."""
+    """The Adam mu of every param out of steps.make_optimizer's multi_transform state."""
     mus = {}
     for label, inner in opt_state.inner_states.items():
         adam = [s for s in jax.tree.leaves(inner, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu")][0]
@@ -152,16 +152,18 @@ def test_training_step_equals_pytorch_reference():
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     observed = np.zeros((batch, num_classes), np.int8)
     observed[np.arange(batch), rng.integers(0, num_classes, batch)] = 1  # single positive; 0 = unobserved
-    k = losses.num_large_losses("LL-R", 3, batch, num_classes, losses.DEFAULT_DELTA_REL["LL-R"])
+    scheme = schemes.create("LL-R")
+    k = scheme.num_large_losses(3, batch, num_classes)
     assert k == 4
 
     # Flax: the training code's own model, optimizer and step.
     config = __import__("configs.base", fromlist=["get_config"]).get_config()
     model = CAMClassifier(num_classes=num_classes, depth=depth, alpha=alpha)
-    tx = train.make_optimizer(config)
+    tx = steps.make_optimizer(config.train.lr, config.train.head_lr_mult)
     params = jax.tree.map(jnp.asarray, variables["params"])
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params))
-    step = jax.jit(lambda s, x, y, k: train.train_step(s, x, y, k, model=model, tx=tx, scheme="LL-R", unobserved_value=0))
+    zero = jnp.zeros((), jnp.int32)
+    state = steps.TrainState(zero, params, variables["batch_stats"], tx.init(params), zero, zero)
+    step = jax.jit(lambda s, x, y, k: steps.train_step(s, x, y, k, model=model, tx=tx, loss_fn=scheme.loss))
     new_state, metrics, selected = step(state, jnp.asarray(images), jnp.asarray(observed), jnp.asarray(k, jnp.int32))
     flax_grads = jax.tree.map(lambda mu: mu / 0.1, adam_first_moments(new_state.opt_state, params))  # mu = (1 - b1) g
 

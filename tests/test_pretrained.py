@@ -130,14 +130,14 @@ def test_convert_command_then_load_into_the_model(tmp_path, resnet18_state, caps
     with pytest.raises(ValueError, match="ResNet-18 trunk .* does not fit this model .*layer2_2"):
         pretrained.load_pretrained_trunk(str(out), other)
     # --depth is checked against the file; an existing --out is never overwritten.
-    assert pretrained.main([f"--source={source}", f"--out={tmp_path / 'x'}", "--depth=50"]) == 1
+    assert pretrained.main([f"--source={source}", f"--out={tmp_path / 'x'}", "--depth=50"]) == 2
     assert "holds ResNet-18 weights, not ResNet-50" in capsys.readouterr().err
-    assert pretrained.main([f"--source={source}", f"--out={out}"]) == 1
+    assert pretrained.main([f"--source={source}", f"--out={out}"]) == 2
     assert "exists" in capsys.readouterr().err
 
 
 def test_missing_files_say_where_to_get_them(tmp_path, capsys):
-    assert pretrained.main([f"--source={tmp_path / 'resnet50-0676ba61.pth'}", f"--out={tmp_path / 'o'}"]) == 1
+    assert pretrained.main([f"--source={tmp_path / 'resnet50-0676ba61.pth'}", f"--out={tmp_path / 'o'}"]) == 2
     err = capsys.readouterr().err
     assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in err and "timm/resnet50.tv_in1k" in err
     assert "python -m bridgegap_jax.pretrained --source=FILE" in err

@@ -1,9 +1,10 @@
-"""Which datasets exist, what they hold, and how a prepared one is found on disk.
+"""Which datasets exist, and the one description of a prepared dataset that the runtime passes down.
 
-Every dataset is a tfds dataset with splits 'train', 'validation' and 'test' and features
-'image', 'labels' (full or verified labels), 'labels_obs' (observed labels), 'index', 'image_id'.
-The demo builds itself; the others are prepared once from the official downloads into
-`config.data.data_dir`.
+Every dataset is a tfds dataset in ArrayRecord files with splits 'train', 'validation' and 'test'
+and features 'image' (encoded JPEG or PNG bytes), 'labels' (full or verified labels), 'labels_obs'
+(observed labels), 'index', 'image_id'. `open_dataset` resolves it once from the config; nothing
+downstream looks the dataset's facts up again. It is read through tfds's TensorFlow-free data
+source (random access to any record), which grain's workers pickle and open on their own.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import numpy as np
 from etils import epath
+
+from bridgegap_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,97 +29,134 @@ class DatasetSpec:
 DATASETS = {
     "demo": DatasetSpec("bridgegap_demo", 10, "single_positive", "nothing: built from scikit-learn's digits"),
     "voc": DatasetSpec("bridgegap_voc", 20, "single_positive", "VOCtrainval_11-May-2012.tar (VOC 2012)"),
-    "coco": DatasetSpec("bridgegap_coco", 80, "single_positive", "COCO 2014 train2014/, val2014/ and annotations_trainval2014.zip"),
-    "nuswide": DatasetSpec("bridgegap_nuswide", 81, "single_positive", "NUS-WIDE images and the single-positive benchmark's formatted files"),
+    "coco": DatasetSpec("bridgegap_coco", 80, "single_positive",
+                        "COCO 2014 train2014/, val2014/ and annotations_trainval2014.zip"),
+    "nuswide": DatasetSpec("bridgegap_nuswide", 81, "single_positive",
+                           "NUS-WIDE images and the single-positive benchmark's formatted files"),
     "cub": DatasetSpec("bridgegap_cub", 312, "single_positive", "CUB_200_2011.tgz"),
-    "openimages": DatasetSpec(
-        "bridgegap_openimages",
-        5000,
-        "partial",
-        "OpenImages V3 (2017_11): images_2017_11, annotations_human_2017_11, classes_2017_11",
-    ),
+    "openimages": DatasetSpec("bridgegap_openimages", 5000, "partial",
+                              "OpenImages V3 (2017_11): images_2017_11, annotations_human_2017_11, classes_2017_11"),
 }
 
+# Which stored value means "unobserved" in each label encoding.
+UNOBSERVED_VALUE = {"single_positive": 0, "partial": -1}
+SPLITS = ("train", "validation", "test")
 
-# Files a prepared dataset may keep beside its tfds files (in builder.data_dir).
+# Files a prepared dataset keeps beside its tfds files.
 CLASS_NAMES_FILE = "class_names.txt"  # one name per line, in label order
-CLASS_GROUPS_FILE = "class_groups.npy"  # (C,) int: frequency group 1..5 of each class (SPEC §5)
+CLASS_GROUPS_FILE = "class_groups.npy"  # (C,) int: frequency group 1..5 of each class (OpenImages)
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    pass
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """A dataset that is not prepared (or prepared by an older version); the message names the command."""
 
 
 def spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        raise ValueError(f"config.data.name={name!r} is not one of {sorted(DATASETS)}")
+        raise ValueError(f"config.data.name={name!r} is not one of {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
-def label_encoding(builder) -> str:
-    """The label encoding of a prepared builder, found by its tfds name."""
-    for data_spec in DATASETS.values():
-        if data_spec.tfds_name == builder.info.name:
-            return data_spec.label_encoding
-    raise ValueError(f"{builder.info.name!r} at {builder.data_dir} is none of the catalog's datasets")
+def prepare_command(name: str, data_dir: str) -> str:
+    if name == "demo":
+        return f"python -m bridgegap_jax.prepare demo --data_dir={data_dir}"
+    return f"python -m bridgegap_jax.prepare {name} --source=<downloads> --data_dir={data_dir}"
 
 
-def load_builder(name: str, data_dir: str):
-    """The prepared tfds builder of dataset `name` under `data_dir`, checked against its spec."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A prepared dataset: where it is and everything the runtime needs to know about it."""
+
+    name: str
+    directory: str  # <data_dir>/<tfds name>/<version>
+    num_classes: int
+    label_encoding: str
+    class_names: tuple[str, ...]
+    groups: np.ndarray | None  # (C,) frequency group of each class, or None
+    image_format: str  # 'jpeg' | 'png'
+    split_sizes: dict
+
+    @property
+    def unobserved_value(self) -> int:
+        return UNOBSERVED_VALUE[self.label_encoding]
+
+    def eval_mask(self, labels: np.ndarray) -> np.ndarray | None:
+        """Which entries count in evaluation: partially verified labels only where observed."""
+        return labels != -1 if self.label_encoding == "partial" else None
+
+    def source(self, split: str):
+        """tfds's random-access source of `split`, images left encoded (the pipeline decodes them)."""
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder_from_directory(self.directory)
+        return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def open_dataset(name: str, data_dir: str) -> Dataset:
+    """The prepared dataset `name` under `data_dir`, checked against its spec (the demo builds itself)."""
+    data_spec = spec(name)
+    data_dir = os.path.expanduser(data_dir)
+    root = epath.Path(data_dir) / data_spec.tfds_name
+    if name == "demo" and not _versions(root):
+        from bridgegap_jax.prepare import demo
+
+        demo.build(data_dir)
+    versions = _versions(root)
+    if not versions:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} is not prepared: no {root}/<version>/dataset_info.json "
+            f"(config.data.data_dir={data_dir!r}). It needs {data_spec.downloads}; prepare it once with "
+            f"`{prepare_command(name, data_dir)}` (README, section Data), or point --config.data.data_dir at "
+            "the folder that holds it."
+        )
+    directory = root / versions[-1]
     import tensorflow_datasets as tfds
 
-    data_spec = spec(name)
-    data_dir = os.path.expanduser(data_dir)  # a no-op on gs:// paths, which epath handles below
-    if name == "demo":
-        from bridgegap_jax.datasets import demo
-
-        builder = demo.load_builder(data_dir)
-    else:
-        root = epath.Path(data_dir) / data_spec.tfds_name
-        versions = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
-        prepared = [v for v in versions if (root / v / "dataset_info.json").is_file()]
-        if not prepared:
-            raise DatasetNotFoundError(
-                f"dataset {name!r} is not prepared: no {root}/<version>/dataset_info.json "
-                f"(config.data.data_dir={data_dir!r}). It needs {data_spec.downloads}; prepare it once "
-                f"with `python -m bridgegap_jax.datasets.prepare {name} --source=<downloads> "
-                f"--data_dir={data_dir}` (README, section Data), or point --config.data.data_dir at "
-                "the folder that holds it."
-            )
-        builder = tfds.builder_from_directory(str(root / prepared[-1]))
-
-    check_label_shapes(builder, name, data_spec.num_classes)
-    return builder
-
-
-def check_label_shapes(builder, name: str, num_classes: int) -> None:
-    for feature in ("labels", "labels_obs"):
-        shape = tuple(builder.info.features[feature].shape)
-        if shape != (num_classes,):
+    info = tfds.builder_from_directory(str(directory)).info
+    if info.file_format is None or info.file_format.value != "array_record":
+        raise DatasetNotFoundError(
+            f"dataset {name!r} at {directory} was prepared as {info.file_format.value if info.file_format else 'tfrecord'} "
+            f"files by an older version; this one reads ArrayRecord without TensorFlow: rebuild it with "
+            f"`{prepare_command(name, data_dir)} --overwrite`"
+        )
+    for key in ("labels", "labels_obs"):
+        shape = tuple(info.features[key].shape)
+        if shape != (data_spec.num_classes,):
             raise ValueError(
-                f"dataset {name!r} at {builder.data_dir}: feature {feature!r} has shape {shape}, expected "
-                f"({num_classes},) for {num_classes} classes; the prepared files are not this dataset's "
-                "(re-run its prepare command, or fix config.data.name / config.data.data_dir)."
+                f"dataset {name!r} at {directory}: feature {key!r} has shape {shape}, expected "
+                f"({data_spec.num_classes},) for {data_spec.num_classes} classes; the prepared files are not this "
+                "dataset's (re-run its prepare command, or fix config.data.name / config.data.data_dir)."
             )
+    missing = [split for split in SPLITS if split not in info.splits]
+    if missing:
+        raise ValueError(f"{directory} has no split(s) {missing}: re-run `{prepare_command(name, data_dir)} --overwrite`")
+    return Dataset(
+        name=name,
+        directory=str(directory),
+        num_classes=data_spec.num_classes,
+        label_encoding=data_spec.label_encoding,
+        class_names=tuple(_class_names(directory, data_spec.num_classes)),
+        groups=_class_groups(directory),
+        image_format=info.features["image"].encoding_format or "jpeg",
+        split_sizes={split: info.splits[split].num_examples for split in SPLITS},
+    )
 
 
-def class_names(builder, name: str) -> list[str]:
-    path = epath.Path(builder.data_dir) / CLASS_NAMES_FILE
+def _versions(root: epath.Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "dataset_info.json").is_file())
+
+
+def _class_names(directory: epath.Path, num_classes: int) -> list[str]:
+    path = directory / CLASS_NAMES_FILE
     if path.exists():
-        with path.open() as f:
-            return [line.rstrip("\n") for line in f]
-    if name == "demo":
-        from bridgegap_jax.datasets import demo
-
-        return list(demo.CLASS_NAMES)
-    return [str(c) for c in range(spec(name).num_classes)]
+        return path.read_text().splitlines()
+    return [str(c) for c in range(num_classes)]
 
 
-def class_groups(builder):
-    """Frequency groups of the classes (OpenImages), or None for datasets without them."""
-    import numpy as np
-
-    path = epath.Path(builder.data_dir) / CLASS_GROUPS_FILE
+def _class_groups(directory: epath.Path) -> np.ndarray | None:
+    path = directory / CLASS_GROUPS_FILE
     if not path.exists():
         return None
     with path.open("rb") as f:

@@ -1,16 +1,16 @@
 """Simulated partial labels, a pure function of (full labels, seed, example index).
 
 config.data.observation picks the observed training labels:
-  'stored'           the dataset's labels_obs (single positive: SPEC §2's seeded generator over
-                     the formatted file; OpenImages: the human verifications). The default.
+  'stored'           the dataset's labels_obs (single positive: the benchmark's seeded generator
+                     over the formatted file; OpenImages: the human verifications). The default.
   'single_positive'  one positive per image, drawn uniformly.
   'k_positives:K'    K positives per image (all of them if it has fewer).
   'fraction:F'       round(F * n) of an image's n known labels, drawn uniformly; they keep their
                      value (positive, or observed negative), the rest become unobserved.
-The draws are keyed by (seed, example index) through stateless random ops, so any process
-count, shard or read order sees the same observed labels in every epoch. They are therefore not
-SPEC §2's sequential RandomState draws (those depend on every row before); 'stored' is the
-benchmark's observation, these are for studying other supervision levels.
+The draws are keyed by (seed, example index), so any process count, worker, shard or read order
+sees the same observed labels in every epoch. They are therefore not the benchmark's sequential
+RandomState draws (those depend on every row before); 'stored' is the benchmark's observation,
+these are for studying other supervision levels.
 
 Encodings (catalog.DatasetSpec.label_encoding): 'single_positive' datasets store full labels
 {0, 1} and observe 1 positive / -1 observed negative / 0 unobserved; 'partial' (OpenImages) stores
@@ -18,6 +18,8 @@ Encodings (catalog.DatasetSpec.label_encoding): 'single_positive' datasets store
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 MODES = ("stored", "single_positive", "k_positives:K", "fraction:F")
 # Observed value of (positive, negative, unobserved) entries in each encoding.
@@ -28,6 +30,8 @@ def parse(mode: str) -> tuple[str, float] | None:
     """None for 'stored', else ('positives', K) or ('fraction', F); a clear error otherwise."""
     error = ValueError(f"config.data.observation={mode!r} is not one of {', '.join(MODES)} "
                        "(K a positive integer, 0 < F <= 1)")
+    if not isinstance(mode, str):
+        raise error
     if mode == "stored":
         return None
     if mode == "single_positive":
@@ -43,14 +47,8 @@ def parse(mode: str) -> tuple[str, float] | None:
     raise error
 
 
-def observe(labels, index, *, mode: str, seed: int, encoding: str):
-    """Observed int8 labels (C,) of one example (TensorFlow ops: runs inside tf.data).
-
-    labels: (C,) the stored 'labels' (full labels, or OpenImages' verified labels); index: its
-    int64 example index.
-    """
-    import tensorflow as tf
-
+def observe(labels: np.ndarray, index: np.ndarray, *, mode: str, seed: int, encoding: str) -> np.ndarray:
+    """Observed int8 labels (B, C) of examples `index` (B,) from their stored labels (B, C)."""
     parsed = parse(mode)
     if parsed is None:
         raise ValueError("observe() simulates labels; 'stored' reads labels_obs instead")
@@ -58,20 +56,18 @@ def observe(labels, index, *, mode: str, seed: int, encoding: str):
         raise ValueError(f"label encoding {encoding!r} is not one of {sorted(CODES)}")
     kind, amount = parsed
     pos_code, neg_code, unobserved = CODES[encoding]
-    labels = tf.cast(labels, tf.int32)
+    labels = np.asarray(labels, np.int32)
     positive = labels == 1
     known = positive | (labels == (0 if encoding == "single_positive" else neg_code))
     pool = positive if kind == "positives" else known
-    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
-    draw = tf.random.stateless_uniform(tf.shape(labels), seed=key)
-    # Rank of each pool entry among the pool's entries in draw order; keep the first `count`.
-    order = tf.argsort(tf.where(pool, draw, 2.0), stable=True)
-    rank = tf.math.invert_permutation(order)
-    size = tf.reduce_sum(tf.cast(pool, tf.int32))
-    if kind == "positives":
-        count = tf.minimum(size, int(amount))
-    else:
-        count = tf.cast(tf.round(amount * tf.cast(size, tf.float32)), tf.int32)
-    keep = pool & (rank < count)
-    observed = tf.where(keep & positive, pos_code, tf.where(keep, neg_code, unobserved))
-    return tf.cast(observed, tf.int8)
+    out = np.empty(labels.shape, np.int8)
+    for row, example in enumerate(np.asarray(index)):
+        draw = np.random.default_rng([seed, int(example)]).random(labels.shape[1])
+        # Rank of each pool entry among the pool's entries in draw order; keep the first `count`.
+        rank = np.empty(labels.shape[1], np.int64)
+        rank[np.argsort(np.where(pool[row], draw, 2.0), kind="stable")] = np.arange(labels.shape[1])
+        size = int(pool[row].sum())
+        count = min(size, int(amount)) if kind == "positives" else int(np.round(amount * size))
+        keep = pool[row] & (rank < count)
+        out[row] = np.where(keep & positive[row], pos_code, np.where(keep, neg_code, unobserved))
+    return out

@@ -1,9 +1,9 @@
-"""`python -m bridgegap_jax.main` with a shortened training stream, for the multi-process tests.
+"""`python -m bridgegap_jax.main` with shortened epochs, for the multi-process tests.
 
     python tests/multidevice/multihost_driver.py STEPS_PER_EPOCH CRASH_AFTER MAIN_FLAGS...
 
-Each epoch stops after STEPS_PER_EPOCH batches (the demo has 100), so a 2-process run takes
-seconds; with CRASH_AFTER > 0 the stream raises after that many batches, as a crash would.
+Each epoch has at most STEPS_PER_EPOCH batches (the demo has 100), so a 2-process run takes
+seconds; with CRASH_AFTER > 0 the run raises after that many training batches, as a crash would.
 """
 
 import os
@@ -12,32 +12,38 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 
 
-
 class Crash(Exception):
     pass
 
 
-def shortened(train_batches, steps_per_epoch: int, crash_after: int = 0):
-    """`train_batches` cut to `steps_per_epoch` batches per epoch, raising Crash after `crash_after`."""
+def shorten(input_pipeline, steps_per_epoch: int) -> object:
+    """Patches `input_pipeline` in place; returns the original function (to undo it)."""
+    original = input_pipeline.steps_per_epoch
+    input_pipeline.steps_per_epoch = lambda num_examples, options: min(original(num_examples, options), steps_per_epoch)
+    return original
+
+
+def crash_after(sharding, num_batches: int) -> None:
+    """Raise Crash when the trainer asks for training batch `num_batches` + 1 (after that many steps)."""
+    original = sharding.prefetch_to_device
     seen = {"n": 0}
 
-    def stream(*args, **kwargs):
-        for step, batch in enumerate(train_batches(*args, **kwargs), start=kwargs.get("start_step", 0)):
-            if step == steps_per_epoch:
-                return
-            if seen["n"] == crash_after > 0:
-                raise Crash(f"crash after {crash_after} batches")
-            seen["n"] += 1
-            yield batch
+    def prefetch(batches, *args, **kwargs):
+        for item in original(batches, *args, **kwargs):
+            if "batch_index" in item[0]:  # a training batch
+                if seen["n"] == num_batches:
+                    raise Crash(f"crash after {num_batches} batches")
+                seen["n"] += 1
+            yield item
 
-    return stream
+    sharding.prefetch_to_device = prefetch
 
 
 if __name__ == "__main__":
-    from absl import app
+    from bridgegap_jax import input_pipeline, main, sharding
 
-    from bridgegap_jax import input_pipeline, main
-
-    steps_per_epoch, crash_after = int(sys.argv[1]), int(sys.argv[2])
-    input_pipeline.train_batches = shortened(input_pipeline.train_batches, steps_per_epoch, crash_after)
-    app.run(main.main, argv=[sys.argv[0]] + sys.argv[3:])
+    shorten(input_pipeline, int(sys.argv[1]))
+    if int(sys.argv[2]) > 0:
+        crash_after(sharding, int(sys.argv[2]))
+    sys.argv = [sys.argv[0]] + sys.argv[3:]
+    main.run()

@@ -22,9 +22,9 @@ import sys
 import jax
 import numpy as np
 
-from bridgegap_jax import input_pipeline, sharding, train
+from bridgegap_jax import configuration, evaluation, input_pipeline, rundir, sharding, steps, trainer
 from bridgegap_jax.checkpoint import RunCheckpoints
-from multihost_driver import shortened
+from multihost_driver import shorten
 
 
 
@@ -34,7 +34,7 @@ DRIVER = os.path.join(HERE, "multihost_driver.py")
 STEPS_PER_EPOCH = 6
 OVERRIDES = {  # on top of configs/demo.py; the same for the 2-process and the 1-process run
     "data.image_size": 32, "model.width": 8, "train.num_epochs": 2, "train.log_every_steps": 1000,
-    "train.checkpoint_every_steps": 4, "loss.scheme": "LL-Cp", "loss.delta_rel": 0.02,
+    "train.checkpoint_every_steps": 4, "loss.scheme": "LL-Cp", "loss.delta_rel": 0.02, "data.workers": 0,
 }
 
 
@@ -47,7 +47,7 @@ def free_port() -> int:
 def start_two_processes(workdir, data_dir, crash_after: int):
     """Start both processes of one run; finish() waits for them: (return codes, outputs)."""
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", TF_CPP_MIN_LOG_LEVEL="2",
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
         # The restarted run reuses the crashed run's compiled programs: a faster test.
         JAX_COMPILATION_CACHE_DIR=workdir + ".jax_cache", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
@@ -88,11 +88,11 @@ def relative_error(a, b) -> float:
 
 def latest_state(workdir, model, tx, mesh):
     """The train state and corrections of the latest checkpoint, restored onto `mesh`."""
-    checkpoints = RunCheckpoints(workdir)
-    target = {"train": train.abstract_state(model, tx, 32, mesh), "corrections": np.zeros((1600, 2), np.uint8)}
+    checkpoints = RunCheckpoints(rundir.RunDir(workdir).checkpoints)
+    target = {"train": steps.abstract_state(model, tx, 32, mesh), "host": {"corrections": np.zeros((1600, 2), np.uint8)}}
     restored, _ = checkpoints.restore_latest(target)
     checkpoints.close()
-    return jax.device_get(restored["train"]), np.asarray(restored["corrections"])
+    return jax.device_get(restored["train"]), np.asarray(restored["host"]["corrections"])
 
 
 def test_two_processes_crash_resume_and_match_one_process(tiny_config, demo_data_dir, tmp_path, monkeypatch):
@@ -104,25 +104,28 @@ def test_two_processes_crash_resume_and_match_one_process(tiny_config, demo_data
     for key, value in OVERRIDES.items():
         group, field = key.split(".")
         tiny_config[group][field] = value
-    monkeypatch.setattr(input_pipeline, "train_batches", shortened(input_pipeline.train_batches, STEPS_PER_EPOCH))
-    whole = train.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
+    original = shorten(input_pipeline, STEPS_PER_EPOCH)
+    try:
+        whole = trainer.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
+    finally:
+        input_pipeline.steps_per_epoch = original
 
     codes, outputs = crashed()
     assert all(code != 0 for code in codes), outputs
     assert all("Crash: crash after 11 batches" in out for out in outputs), outputs
-    assert RunCheckpoints(split).latest_step() == STEPS_PER_EPOCH + 4
+    assert RunCheckpoints(rundir.RunDir(split).checkpoints).latest_step() == STEPS_PER_EPOCH + 4
     codes, outputs = start_two_processes(split, demo_data_dir, crash_after=0)()
     assert codes == [0, 0], outputs
     assert "resuming" in outputs[0] and "on 8 device(s)" in outputs[0] and "test mAP" in outputs[0]
     assert "resuming" not in outputs[1] and "test mAP" not in outputs[1]  # process 1 prints nothing
 
-    with open(os.path.join(split, train.RESULT_FILE)) as f:
+    with open(os.path.join(split, rundir.RESULT_FILE)) as f:
         result = json.load(f)
     assert result["num_test_examples"] == whole["num_test_examples"] == 480  # 7.5 batches of 64
     assert result["best_epoch"] == whole["best_epoch"]
     # mAP of a model 12 steps from scratch is ill-conditioned (near-tied scores): within 0.1 points.
     np.testing.assert_allclose(result["test_map"], whole["test_map"], atol=0.1)
-    model, tx = train.make_model(tiny_config, 10), train.make_optimizer(tiny_config)
+    model, tx = configuration.model(tiny_config, 10), configuration.optimizer(tiny_config)
     mesh_1 = sharding.make_mesh(jax.devices()[:1])  # restored onto 1 device: saved from 8
     state_a, corrections_a = latest_state(str(tmp_path / "whole"), model, tx, mesh_1)
     state_b, corrections_b = latest_state(split, model, tx, mesh_1)
@@ -132,17 +135,18 @@ def test_two_processes_crash_resume_and_match_one_process(tiny_config, demo_data
     assert relative_error(state_a.params, state_b.params) <= 1e-3
     assert np.bitwise_count(corrections_a).sum() > 0
     np.testing.assert_array_equal(corrections_a, corrections_b)
-    with open(os.path.join(split, train.METRICS_FILE)) as f:
+    with open(os.path.join(split, rundir.METRICS_FILE)) as f:
         kinds = [json.loads(line)["kind"] for line in f]
-    assert kinds == ["validation", "validation", "test"]  # one writer, and the crash repeated nothing
+    assert kinds == ["train", "validation", "train", "validation", "test"]  # one writer; the crash repeated nothing
 
     # The 2-process run's best model evaluated here on one process and one device: same mAP, count.
-    checkpoints = RunCheckpoints(split)
-    best = checkpoints.restore_best(train.abstract_state(model, tx, 32, mesh_1).model_vars())
+    checkpoints = RunCheckpoints(rundir.RunDir(split).checkpoints)
+    best = checkpoints.restore_best(steps.abstract_state(model, tx, 32, mesh_1).model_vars())
     checkpoints.close()
     from bridgegap_jax.datasets import catalog
 
-    builder = catalog.load_builder("demo", demo_data_dir)
-    test = train.evaluate(train.jit_eval_step(model, mesh_1), best, builder, "test", tiny_config, mesh_1)
+    dataset = catalog.open_dataset("demo", demo_data_dir)
+    test = evaluation.evaluate_split(steps.jit_eval_step(model, mesh_1), best, dataset, "test",
+                                     configuration.pipeline_options(tiny_config, 1), mesh_1)
     assert test["num_examples"] == 480
     np.testing.assert_allclose(test["map"], result["test_map"], atol=0.1)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import input_pipeline, losses, metrics, sharding, train
+from bridgegap_jax import configuration, evaluation, input_pipeline, metrics, schemes, sharding, steps
 from bridgegap_jax.checkpoint import RunCheckpoints
 
 
@@ -19,7 +19,7 @@ def relative_error(a, b) -> float:
 
 
 def tiny_model(config):
-    return train.make_model(config, 10), train.make_optimizer(config)
+    return configuration.model(config, 10), configuration.optimizer(config)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def host_state():
     config = demo.get_config()
     config.model.width = 8
     model, tx = tiny_model(config)
-    return jax.device_get(train.create_state(model, tx, 32, 0, sharding.make_mesh(jax.devices()[:1])))
+    return jax.device_get(steps.create_state(model, tx, 32, 0, sharding.make_mesh(jax.devices()[:1])))
 
 
 def place(state, mesh):
@@ -55,12 +55,13 @@ def test_a_step_on_8_devices_equals_one_device(tiny_config, host_state):
     images = rng.integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
     observed = np.zeros((16, 10), np.int8)
     observed[np.arange(16), rng.integers(0, 10, 16)] = 1
-    k = jnp.asarray(losses.num_large_losses("LL-R", 2, 16, 10, 0.05), jnp.int32)  # epoch 2: rejections on
+    scheme = schemes.create("LL-R", 0.05)
+    k = jnp.asarray(scheme.num_large_losses(2, 16, 10), jnp.int32)  # epoch 2: rejections on
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.make_mesh(devices)
         state = place(host_state, mesh)
-        step = train.jit_train_step(model, tx, "LL-R", 0, mesh)
+        step = steps.jit_train_step(model, tx, scheme.loss, mesh)
         state, metrics, selected = step(state, sharding.to_global(mesh, images), sharding.to_global(mesh, observed), k)
         assert len(state.params["head"]["kernel"].sharding.device_set) == len(devices)
         results.append(jax.device_get((state.params, state.batch_stats, metrics["loss"], selected)))
@@ -75,23 +76,24 @@ def test_a_step_on_8_devices_equals_one_device(tiny_config, host_state):
 def test_evaluation_on_8_devices_counts_every_example_once(tiny_config, demo_data_dir, host_state):
     from bridgegap_jax.datasets import catalog
 
-    builder = catalog.load_builder("demo", demo_data_dir)
-    truth = np.stack([ex["labels"] for ex in builder.as_dataset(split="test").as_numpy_iterator()])
+    dataset = catalog.open_dataset("demo", demo_data_dir)
+    source = dataset.source("test")
+    truth = np.stack([ex["labels"] for ex in source.__getitems__(list(range(len(source))))])
     assert len(truth) % tiny_config.train.eval_batch_size  # the last batch is padded
     model, _ = tiny_model(tiny_config)
     probs = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.make_mesh(devices)
         model_vars = place(host_state, mesh).model_vars()
-        eval_fn = train.jit_eval_step(model, mesh)
-        batches = input_pipeline.eval_batches(
-            builder, "test", batch_size=tiny_config.train.eval_batch_size, image_size=32, antialias=tiny_config.data.antialias
-        )
-        p, labels = train.predict(eval_fn, model_vars, batches, mesh)
+        eval_fn = steps.jit_eval_step(model, mesh)
+        options = configuration.pipeline_options(tiny_config, mesh.size)
+        reader = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, "test", options), options)
+        batches = (reader(i) for i in range(len(reader)))
+        p, labels, _ = evaluation.predict(eval_fn, model_vars, batches, mesh, dataset.split_sizes["test"])
         np.testing.assert_array_equal(labels, truth)  # every example once, in stored order
         probs.append(p)
     np.testing.assert_allclose(probs[1], probs[0], rtol=1e-5, atol=1e-7)
-    result = train.evaluate(eval_fn, model_vars, builder, "test", tiny_config, mesh)  # 8 devices
+    result = evaluation.evaluate_split(eval_fn, model_vars, dataset, "test", options, mesh)  # 8 devices
     assert result["num_examples"] == len(truth)
     # mAP of exactly these probabilities (an untrained model's scores nearly tie, so the 1e-7
     # differences from the 1-device run can reorder them: compare the probabilities, not the mAP).
@@ -107,16 +109,16 @@ def test_a_checkpoint_resumes_on_another_device_count(tiny_config, tmp_path, hos
         workdir = str(tmp_path / f"{len(save_on)}to{len(restore_on)}")
         saved = place(host_state, sharding.make_mesh(save_on))
         checkpoints = RunCheckpoints(workdir)
-        checkpoints.save_latest(7, {"train": saved, "corrections": bits}, {"epoch": 1})
+        checkpoints.save_latest(7, {"train": saved, "host": {"corrections": bits}}, {"epoch": 1})
         checkpoints.close()
 
         mesh = sharding.make_mesh(restore_on)
-        target = {"train": train.abstract_state(model, tx, 32, mesh), "corrections": np.zeros_like(bits)}
+        target = {"train": steps.abstract_state(model, tx, 32, mesh), "host": {"corrections": np.zeros_like(bits)}}
         checkpoints = RunCheckpoints(workdir)
         restored, progress = checkpoints.restore_latest(target)
         checkpoints.close()
         assert progress == {"epoch": 1}
-        np.testing.assert_array_equal(restored["corrections"], bits)
+        np.testing.assert_array_equal(restored["host"]["corrections"], bits)
         jax.tree.map(np.testing.assert_array_equal, host_state, jax.device_get(restored["train"]))
         for leaf in jax.tree.leaves(restored["train"]):
             assert leaf.sharding.is_equivalent_to(sharding.replicated(mesh), leaf.ndim)

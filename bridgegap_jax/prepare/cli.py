@@ -1,11 +1,12 @@
 """Prepare a dataset once from its official downloads into a tfds folder that training reads.
 
-    python -m bridgegap_jax.datasets.prepare <voc|coco|cub|nuswide|openimages> \
+    python -m bridgegap_jax.prepare <voc|coco|cub|nuswide|openimages> \
         --source=<downloads> --data_dir=<tfds data_dir> [--workers=N] [--overwrite]
-    python -m bridgegap_jax.datasets.prepare <voc|coco|cub|nuswide> \
+    python -m bridgegap_jax.prepare <voc|coco|cub|nuswide> \
         --source=<folder with formatted_*_{images,labels}.npy> --images=<image root>
+    python -m bridgegap_jax.prepare demo --data_dir=<tfds data_dir>
 
-Writes <data_dir>/bridgegap_<name>/1.0.0/: tfrecords (splits train / validation / test),
+Writes <data_dir>/bridgegap_<name>/1.0.0/: ArrayRecord files (splits train / validation / test),
 class_names.txt, missing_<split>.tsv (rows whose image is missing or unreadable: skipped, listed,
 counted), and for OpenImages class_frequency.tsv and class_groups.npy; for the single-positive
 datasets file_rows_<split>.npy (the row of each example in its formatted file).
@@ -19,8 +20,10 @@ import sys
 
 import numpy as np
 
-from bridgegap_jax.datasets import catalog, formatted, openimages, single_positive, writer
-from bridgegap_jax.datasets.observation import observe_single_positive
+from bridgegap_jax.datasets import catalog
+from bridgegap_jax.errors import UserError
+from bridgegap_jax.prepare import demo, formatted, openimages, single_positive, writer
+from bridgegap_jax.prepare.observation import observe_single_positive
 
 READERS = {"voc": formatted.read_voc, "coco": formatted.read_coco, "cub": formatted.read_cub}
 OPENIMAGES_SHORT_SIDE = 512  # stored OpenImages size: keeps the 448 input, cuts the stream ~10x
@@ -58,7 +61,7 @@ def prepare_single_positive(name: str, args) -> str:
                                         _class_names(args.class_names, args.source, spec.num_classes))
         for phase, stored in data.labels_obs.items():
             same = np.array_equal(stored, observe_single_positive(data.labels[phase]))
-            print(f"formatted_{phase}_labels_obs.npy used as stored; equal to the SPEC §2 generator: {same}")
+            print(f"formatted_{phase}_labels_obs.npy used as stored; equal to the benchmark's seeded generator: {same}")
     elif name in READERS:
         data = READERS[name](args.source)
         if args.images:
@@ -86,7 +89,7 @@ def prepare_single_positive(name: str, args) -> str:
 
     folder, _ = writer.write_dataset(
         args.data_dir, spec.tfds_name, sources, num_classes=num_classes, compress_labels=False,
-        description=f"{name}: single-positive benchmark rows (SPEC §4), prepared from {args.source}",
+        description=f"{name}: single-positive benchmark rows, prepared from {args.source}",
         max_short_side=args.max_short_side or None, workers=args.workers, overwrite=args.overwrite, finish=finish)
     return folder
 
@@ -120,16 +123,16 @@ def prepare_openimages(args) -> str:
     short_side = OPENIMAGES_SHORT_SIDE if args.max_short_side is None else (args.max_short_side or None)
     folder, _ = writer.write_dataset(
         args.data_dir, spec.tfds_name, sources, num_classes=len(mids), compress_labels=True,
-        description=f"OpenImages V3 (2017_11) human-verified labels, 5,000 trainable classes (SPEC §5), from {args.source}",
+        description=f"OpenImages V3 (2017_11) human-verified labels, 5,000 trainable classes, from {args.source}",
         max_short_side=short_side, workers=args.workers, overwrite=args.overwrite, finish=finish)
     return folder
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.datasets.prepare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", choices=[n for n in catalog.DATASETS if n != "demo"])
-    parser.add_argument("--source", required=True, help="the downloads (official layout) or a formatted-npy folder")
+    parser.add_argument("name", choices=list(catalog.DATASETS))
+    parser.add_argument("--source", help="the downloads (official layout) or a formatted-npy folder (not for demo)")
     parser.add_argument("--data_dir", required=True, help="tfds data_dir (config.data.data_dir)")
     parser.add_argument("--images", help="image root for a formatted-npy --source (paths in formatted_*_images.npy "
                                          "are relative to it)")
@@ -138,19 +141,40 @@ def parse_args(argv):
     parser.add_argument("--max_short_side", type=int, default=None,
                         help=f"re-encode images with a longer shorter side (default: {OPENIMAGES_SHORT_SIDE} for "
                              "openimages, keep the original bytes for the others; 0 = keep)")
-    parser.add_argument("--overwrite", action="store_true", help="rebuild an existing prepared dataset")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild an existing prepared dataset (the old one is replaced only once the new one is "
+                             "complete)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def prepare(args) -> str:
+    """Builds the dataset; returns its folder."""
+    if args.name == "demo":
+        return demo.build(args.data_dir, overwrite=args.overwrite)
+    if not args.source:
+        raise UserError(f"{args.name} is prepared from its downloads: give --source=<folder> (README, section Data)")
     args.source = os.path.expanduser(args.source)
     if not os.path.isdir(args.source):
-        raise SystemExit(f"--source={args.source} is not a folder")
-    folder = prepare_openimages(args) if args.name == "openimages" else prepare_single_positive(args.name, args)
+        raise UserError(f"--source={args.source} is not a folder")
+    if args.name == "openimages":
+        return prepare_openimages(args)
+    return prepare_single_positive(args.name, args)
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        folder = prepare(args)
+    except (UserError, OSError, ValueError) as error:  # the downloads or the flags: one line, no traceback
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     print(f"prepared {args.name} in {folder}; train with --config=configs/{args.name}.py "
           f"--config.data.data_dir={args.data_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Formatted arrays -> our three splits with their observed labels (SPEC §2, §4), pure numpy.
+"""Formatted arrays -> our three splits with their observed labels (docs/method.md ("Labels"), §4), pure numpy.
 
 How the formatted files relate to our splits, exactly as in the public single-positive code
 (Cole et al. preproc/generate_observed_labels.py, then datasets.py at load time):
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridgegap_jax.datasets.observation import observe_single_positive
+from bridgegap_jax.prepare.observation import observe_single_positive
 
 SEED = 1200
 VAL_FRACTION = 0.2

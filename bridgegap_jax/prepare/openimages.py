@@ -1,4 +1,4 @@
-"""OpenImages V3 (2017_11) human-verified labels over the 5,000 trainable classes (SPEC §5).
+"""OpenImages V3 (2017_11) human-verified labels over the 5,000 trainable classes (docs/method.md, "OpenImages").
 
 Source layout (what the 2017_11 tarballs and the image download give):
   <source>/classes-trainable.txt                   5,000 label MIDs, one per line (label order)

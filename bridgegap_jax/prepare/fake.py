@@ -1,6 +1,6 @@
 """Tiny fakes of the official download layouts, for tests and for trying `prepare` offline.
 
-    python -m bridgegap_jax.datasets.fake <voc|coco|cub|nuswide|openimages> --out DIR
+    python -m bridgegap_jax.prepare.fake <voc|coco|cub|nuswide|openimages> --out DIR
 
 Each fake has a few dozen small JPEGs in the real folder layout and file formats, one listed
 image missing and one corrupt (so the manifest path is exercised), and the quirks that decide row
@@ -18,7 +18,30 @@ import os
 
 import numpy as np
 
-from bridgegap_jax.datasets.formatted import VOC_CLASSES
+from bridgegap_jax.prepare.formatted import VOC_CLASSES
+
+
+def photo_like_jpeg(seed: int, size: tuple[int, int] = (640, 480), quality: int = 90) -> bytes:
+    """A JPEG with photo-like content (smooth gradients, shapes, sensor-like noise) of a realistic size:
+    what the decoder and resize measurements use (tests, scripts/input_throughput.py)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w] / max(w, h)
+    base = np.stack([np.sin(x * rng.uniform(2, 9) + c) * np.cos(y * rng.uniform(2, 9)) for c in range(3)], -1)
+    img = Image.fromarray(np.clip(128 + 90 * base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        box = [x0, y0, x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))]
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
 
 
 def _jpeg(path: str, rng, size=None) -> None:
@@ -183,14 +206,14 @@ def make(name: str, out: str, seed: int = 0) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.datasets.fake", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.prepare.fake", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(MAKERS))
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     make(args.name, args.out, args.seed)
-    print(f"fake {args.name} download layout in {args.out}; prepare it with: python -m bridgegap_jax.datasets.prepare "
+    print(f"fake {args.name} download layout in {args.out}; prepare it with: python -m bridgegap_jax.prepare "
           f"{args.name} --source={args.out}{' --images=' + os.path.join(args.out, 'Flickr') if args.name == 'nuswide' else ''} "
           "--data_dir=<tfds data_dir>")
 

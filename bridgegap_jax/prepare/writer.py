@@ -1,8 +1,11 @@
-"""Write a prepared dataset: tfrecord shards + tfds metadata, readable by tfds.builder_from_directory.
+"""Write a prepared dataset: ArrayRecord shards + tfds metadata, readable by tfds.builder_from_directory.
 
 We write the shards ourselves (not a GeneratorBasedBuilder) so that rows land in the files in
 exactly the order given (file order == 'index' order), with no temporary shuffle copy of a
-200+ GB dataset, while worker processes decode and re-encode the images in parallel.
+200+ GB dataset, while worker processes verify, decode and re-encode the images in parallel.
+Examples are serialized by tfds's own serializer and the images stored as already-encoded bytes,
+so writing needs no TensorFlow; `group_size:1` makes every record separately readable (random
+access at training time), as tfds's own ArrayRecord writer does.
 Rows whose image is missing or unreadable are skipped, listed in `missing_<split>.tsv` and
 counted; 'index' stays 0..N-1 over the rows that were written.
 """
@@ -18,14 +21,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bridgegap_jax.datasets import images
+from bridgegap_jax.errors import UserError
+from bridgegap_jax.prepare import image_files
 
 VERSION = "1.0.0"
-SHARD_BYTES = 128 << 20  # ~128 MiB shards: enough files for a good file-level shuffle
+SHARD_BYTES = 1 << 30  # ~1 GiB shards: reading is random access, so few large files are fine
 MANIFEST = "missing_{split}.tsv"
 
 
-def features(num_classes: int, compress_labels: bool):
+def features(num_classes: int, compress_labels: bool, image_format: str = "jpeg"):
     """The features of every prepared dataset (the catalog's contract)."""
     import tensorflow_datasets as tfds
 
@@ -33,7 +37,7 @@ def features(num_classes: int, compress_labels: bool):
     # zlib for OpenImages: 5,000 labels per image, nearly all -1, shrink ~50x.
     encoding = "zlib" if compress_labels else "bytes"
     return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
         "labels": tfds.features.Tensor(shape=(num_classes,), dtype=np.int8, encoding=encoding),
         "labels_obs": tfds.features.Tensor(shape=(num_classes,), dtype=np.int8, encoding=encoding),
         "index": tfds.features.Scalar(dtype=np.int64),
@@ -41,12 +45,19 @@ def features(num_classes: int, compress_labels: bool):
     })
 
 
+class PrepareError(UserError, ValueError):
+    """Something in the downloads that the user must fix; the message says what."""
+
+
 @dataclasses.dataclass
 class SplitSource:
-    """The rows of one split, in output order, before their images are read."""
+    """The rows of one split, in output order, before their images are read.
+
+    `paths` are image files, or (the demo) the encoded bytes themselves.
+    """
 
     image_ids: Sequence[str]
-    paths: Sequence[str]
+    paths: Sequence[str | bytes]
     labels: Callable[[int], tuple[np.ndarray, np.ndarray]]  # row -> (labels, labels_obs), int8 (C,)
 
 
@@ -64,19 +75,20 @@ def _tasks(paths, max_short_side):
 
 
 def _results(paths, max_short_side, workers):
-    """(status, payload) per path, in order; decoded in `workers` processes."""
+    """(status, payload) per path, in order; verified and re-encoded in `workers` processes."""
     if workers <= 1:
         for task in _tasks(paths, max_short_side):
-            yield images.process_task(task)
+            yield image_files.process_task(task)
         return
-    # spawn: workers must not inherit TensorFlow's threads from this process.
+    # spawn: a forked child would inherit this process's threads (and their locks).
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        yield from pool.imap(images.process_task, _tasks(paths, max_short_side), chunksize=8)
+        yield from pool.imap(image_files.process_task, _tasks(paths, max_short_side), chunksize=8)
 
 
 def write_split(out_dir: str, tfds_name: str, split: str, source: SplitSource, feats, *,
-                max_short_side: int | None, workers: int, shard_bytes: int = SHARD_BYTES) -> SplitResult:
-    import tensorflow as tf
+                max_short_side: int | None, workers: int, shard_bytes: int = SHARD_BYTES,
+                log: Callable[[str], None] = print) -> SplitResult:
+    from array_record.python.array_record_module import ArrayRecordWriter
     from tensorflow_datasets.core import example_serializer
 
     serializer = example_serializer.ExampleSerializer(feats.get_serialized_info())
@@ -86,7 +98,7 @@ def write_split(out_dir: str, tfds_name: str, split: str, source: SplitSource, f
     last_print = start
 
     def shard_path(i):
-        return os.path.join(out_dir, f"{tfds_name}-{split}.tfrecord-{i:05d}.tmp")
+        return os.path.join(out_dir, f"{tfds_name}-{split}.array_record-{i:05d}.tmp")
 
     for row, (status, payload) in enumerate(_results(source.paths, max_short_side, workers)):
         if status != "ok":
@@ -100,7 +112,7 @@ def write_split(out_dir: str, tfds_name: str, split: str, source: SplitSource, f
             if writer is not None:
                 writer.close()
                 shard_sizes.append(shard_size)
-            writer, shard_size = tf.io.TFRecordWriter(shard_path(len(lengths))), 0
+            writer, shard_size = ArrayRecordWriter(shard_path(len(lengths)), "group_size:1"), 0
             lengths.append(0)
         writer.write(data)
         shard_size += len(data)
@@ -108,20 +120,21 @@ def write_split(out_dir: str, tfds_name: str, split: str, source: SplitSource, f
         kept.append(row)
         now = time.time()
         if now - last_print > 30:
-            print(f"  {split}: {row + 1}/{total} images, {(row + 1) / (now - start):.0f} images/s", flush=True)
+            log(f"  {split}: {row + 1}/{total} images, {(row + 1) / (now - start):.0f} images/s")
             last_print = now
     if writer is not None:
         writer.close()
         shard_sizes.append(shard_size)
+    manifest = os.path.join(out_dir, MANIFEST.format(split=split))
+    write_manifest(manifest, missing)
     if not lengths:
-        raise RuntimeError(f"split {split!r}: none of its {total} images could be read (see {MANIFEST.format(split=split)})")
+        raise PrepareError(f"split {split!r}: none of its {total} images could be read; {manifest} lists each one "
+                           "with the reason (check --source / --images)")
     for i in range(len(lengths)):  # final names now that the shard count is known
-        os.replace(shard_path(i), os.path.join(out_dir, f"{tfds_name}-{split}.tfrecord-{i:05d}-of-{len(lengths):05d}"))
-    write_manifest(os.path.join(out_dir, MANIFEST.format(split=split)), missing)
+        os.replace(shard_path(i), os.path.join(out_dir, f"{tfds_name}-{split}.array_record-{i:05d}-of-{len(lengths):05d}"))
     elapsed = time.time() - start
-    print(f"  {split}: wrote {len(kept)} of {total} images in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.0f} images/s); "
-          f"{sum(m[1] == 'missing' for m in missing)} missing, {sum(m[1] == 'unreadable' for m in missing)} unreadable",
-          flush=True)
+    log(f"  {split}: wrote {len(kept)} of {total} images in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.0f} images/s); "
+        f"{sum(m[1] == 'missing' for m in missing)} missing, {sum(m[1] == 'unreadable' for m in missing)} unreadable")
     return SplitResult(np.asarray(kept, np.int64), missing, lengths, sum(shard_sizes))
 
 
@@ -145,11 +158,13 @@ def dataset_dir(data_dir: str, tfds_name: str) -> str:
 
 def write_dataset(data_dir: str, tfds_name: str, splits: dict[str, SplitSource], *, num_classes: int,
                   compress_labels: bool, description: str, max_short_side: int | None, workers: int,
-                  overwrite: bool, shard_bytes: int = SHARD_BYTES,
-                  finish: Callable[[str, dict], None] | None = None) -> tuple[str, dict[str, SplitResult]]:
+                  overwrite: bool, shard_bytes: int = SHARD_BYTES, image_format: str = "jpeg",
+                  finish: Callable[[str, dict], None] | None = None,
+                  quiet: bool = False) -> tuple[str, dict[str, SplitResult]]:
     """Writes every split into <data_dir>/<tfds_name>/1.0.0 (built in a temporary folder, renamed
-    at the end, so an interrupted build never looks prepared). `finish(folder, results)` writes the
-    extra files (class names, groups) before that rename. Returns (final folder, results)."""
+    at the end, so an interrupted build never looks prepared, and an existing dataset is replaced
+    only once its successor is complete). `finish(folder, results)` writes the extra files (class
+    names, groups) before that rename. Returns (final folder, results)."""
     import tensorflow_datasets as tfds
 
     final = dataset_dir(data_dir, tfds_name)
@@ -159,22 +174,27 @@ def write_dataset(data_dir: str, tfds_name: str, splits: dict[str, SplitSource],
     tmp = os.path.join(os.path.expanduser(data_dir), tfds_name + ".incomplete", VERSION)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    feats = features(num_classes, compress_labels)
+    feats = features(num_classes, compress_labels, image_format)
     results = {}
+    log = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     for split, source in splits.items():
-        print(f"{tfds_name} {split}: {len(source.paths)} images", flush=True)
+        log(f"{tfds_name} {split}: {len(source.paths)} images")
         results[split] = write_split(tmp, tfds_name, split, source, feats, max_short_side=max_short_side,
-                                     workers=workers, shard_bytes=shard_bytes)
+                                     workers=workers, shard_bytes=shard_bytes, log=log)
     split_infos = [tfds.core.SplitInfo(name=s, shard_lengths=r.shard_lengths, num_bytes=r.num_bytes)
                    for s, r in results.items()]
     tfds.folder_dataset.write_metadata(data_dir=tmp, features=feats, split_infos=split_infos, version=VERSION,
                                        check_data=False, description=description)
     if finish is not None:
         finish(tmp, results)
-    shutil.rmtree(final, ignore_errors=True)
     os.makedirs(os.path.dirname(final), exist_ok=True)
+    replaced = os.path.join(os.path.dirname(os.path.dirname(tmp)), tfds_name + ".replaced")
+    if os.path.exists(final):  # moved aside, deleted only once the new one is in place
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(final, replaced)
     os.replace(tmp, final)
     os.rmdir(os.path.dirname(tmp))
+    shutil.rmtree(replaced, ignore_errors=True)
     return final, results
 
 

@@ -9,14 +9,16 @@ a rebuild is byte-identical.
 
 The train split carries single-positive observed labels (Cole et al.
 generator, see `observation.py`); validation/test carry the full labels.
+Written by the same writer as every prepared dataset, images as PNG.
 """
 
 import functools
+import io
+import os
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from bridgegap_jax.datasets.observation import observe_single_positive
+from bridgegap_jax.prepare.observation import observe_single_positive
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -103,62 +105,36 @@ def make_mosaics(split: str) -> dict:
     }
 
 
-# Loading this module under a second name (e.g. importlib tricks) would
-# re-register the same tfds name and raise; skip registration in that case.
-_REGISTERED = "bridgegap_demo" in tfds.list_builders(with_community_datasets=False)
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
 
 
-class BridgegapDemo(tfds.core.GeneratorBasedBuilder, skip_registration=_REGISTERED):
-    """Offline multi-label digit mosaics (see module docstring)."""
+def build(data_dir: str, overwrite: bool = False) -> str:
+    """Writes the demo dataset into <data_dir>/bridgegap_demo/1.0.0 (PNG images); returns the folder."""
+    from bridgegap_jax.datasets import catalog
+    from bridgegap_jax.prepare import writer
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
-    # Nothing is downloaded, so there are no URL checksums to look up. Saying so
-    # also skips tfds' search for a checksums file next to this module, which
-    # needs the optional `importlib_resources` package.
-    url_infos = None
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), encoding_format="png"),
-                    "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.int8),
-                    "labels_obs": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.int8),
-                    "index": tfds.features.Scalar(dtype=np.int64),
-                    "image_id": tfds.features.Text(),
-                }
-            ),
-            # Keep yield order in the files, so file order == `index` order.
-            disable_shuffling=True,
-            homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
+    splits = {split: make_mosaics(split) for split in SPLIT_SIZES}
+    sources = {
+        split: writer.SplitSource(
+            image_ids=[str(i) for i in d["image_id"]],
+            paths=[encode_png(image) for image in d["images"]],
+            labels=lambda row, d=d: (d["labels"][row], d["labels_obs"][row]),
         )
+        for split, d in splits.items()
+    }
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # Everything is generated locally.
-        return {s: self._generate_examples(s) for s in SPLIT_SIZES}
+    def finish(folder, results):
+        with open(os.path.join(folder, catalog.CLASS_NAMES_FILE), "w") as f:
+            f.writelines(f"{name}\n" for name in CLASS_NAMES)
 
-    def _generate_examples(self, split):
-        d = make_mosaics(split)
-        for i in range(len(d["index"])):
-            yield (
-                int(d["index"][i]),
-                {
-                    "image": d["images"][i],
-                    "labels": d["labels"][i],
-                    "labels_obs": d["labels_obs"][i],
-                    "index": d["index"][i],
-                    "image_id": str(d["image_id"][i]),
-                },
-            )
-
-
-def load_builder(data_dir: str) -> tfds.core.DatasetBuilder:
-    """Returns the `bridgegap_demo` builder, preparing it in data_dir if needed."""
-    builder = BridgegapDemo(data_dir=data_dir)
-    if not builder.is_prepared():
-        builder.download_and_prepare()
-        print(f"Built the bridgegap_demo dataset in {builder.data_dir}")
-    return builder
+    folder, _ = writer.write_dataset(
+        data_dir, catalog.spec("demo").tfds_name, sources, num_classes=NUM_CLASSES, compress_labels=False,
+        description=_DESCRIPTION, max_short_side=None, workers=1, overwrite=overwrite, image_format="png",
+        finish=finish, quiet=True)
+    print(f"built the demo dataset in {folder}", flush=True)
+    return folder

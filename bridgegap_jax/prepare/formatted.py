@@ -1,4 +1,4 @@
-"""Official downloads of the single-positive datasets -> "formatted npy" arrays (SPEC §4).
+"""Official downloads of the single-positive datasets -> "formatted npy" arrays (docs/method.md, "Protocol").
 
 Reproduces the row order and labels of the single-positive codebase's preproc/format_*.py
 (Cole et al. 2021, which BoostLU reuses), because row order decides which positive the seeded

@@ -1,4 +1,5 @@
-"""The loss against a plain NumPy transcription of SPEC §3, written independently of losses.py."""
+"""The loss schemes against a plain NumPy transcription of docs/method.md ("Loss"), written independently
+of losses.py and schemes/; and a scheme registered from outside the package trains."""
 
 import math
 
@@ -7,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import losses
+from bridgegap_jax import schemes
+from bridgegap_jax.datasets.catalog import UNOBSERVED_VALUE
 
 
 def reference_k(scheme, epoch, batch, classes, delta_rel):
@@ -54,14 +56,15 @@ def random_batch(rng, batch, classes, encoding):
 @pytest.mark.parametrize("scheme", ["AN", "LL-R", "LL-Ct", "LL-Cp"])
 def test_loss_matches_numpy_transcription(scheme, encoding):
     rng = np.random.default_rng(0)
-    unobserved_value = losses.UNOBSERVED_VALUE[encoding]
+    unobserved_value = UNOBSERVED_VALUE[encoding]
     delta_rel = {"AN": 0.0, "LL-R": 0.05, "LL-Ct": 0.02, "LL-Cp": 0.01}[scheme]  # larger: k matters
-    fn = jax.jit(lambda z, y, k: losses.large_loss(z, y, k, scheme=scheme, unobserved_value=unobserved_value))
+    strategy = schemes.create(scheme, delta_rel, unobserved_value)
+    fn = jax.jit(strategy.loss)
     ties_seen = False
     for epoch in (1, 2, 3, 5, 8):
         for batch, classes in ((16, 20), (7, 20)):  # 7: a short last batch
             z, y = random_batch(rng, batch, classes, encoding)
-            k = losses.num_large_losses(scheme, epoch, batch, classes, delta_rel)
+            k = strategy.num_large_losses(epoch, batch, classes)
             assert k == reference_k(scheme, epoch, batch, classes, delta_rel)
             want_loss, want_sel = reference_loss(z, y, scheme, k, unobserved_value)
             got = fn(jnp.asarray(z), jnp.asarray(y), jnp.asarray(k, jnp.int32))
@@ -76,21 +79,51 @@ def test_loss_matches_numpy_transcription(scheme, encoding):
 
 def test_schedule_uses_the_reference_float_arithmetic():
     # 400 entries, LL-R: after one epoch 1 - 0.995 = 0.0050000000000000044, so k = ceil(2.0000000000000018) = 3.
-    assert losses.num_large_losses("LL-R", 2, 20, 20, 0.005) == 3
-    assert losses.num_large_losses("LL-R", 1, 20, 20, 0.005) == 0
-    assert losses.num_large_losses("LL-Cp", 1, 16, 80, 0.001) == 0
-    assert losses.num_large_losses("LL-Cp", 7, 16, 80, 0.001) == 2  # ceil(1.28), constant
-    assert losses.num_large_losses("AN", 9, 16, 80, 0.005) == 0
+    assert schemes.create("LL-R", 0.005).num_large_losses(2, 20, 20) == 3
+    assert schemes.create("LL-R", 0.005).num_large_losses(1, 20, 20) == 0
+    assert schemes.create("LL-Cp", 0.001).num_large_losses(1, 16, 80) == 0
+    assert schemes.create("LL-Cp", 0.001).num_large_losses(7, 16, 80) == 2  # ceil(1.28), constant
+    assert schemes.create("AN", 0.005).num_large_losses(9, 16, 80) == 0
+    # The paper's rates are the defaults.
+    assert {name: schemes.create(name).delta_rel for name in ("AN", "LL-R", "LL-Ct", "LL-Cp")} == {
+        "AN": 0.0, "LL-R": 0.005, "LL-Ct": 0.002, "LL-Cp": 0.001}
 
 
 def test_only_unobserved_entries_are_selected():
     # Verified negatives (0 in the partial encoding) carry large losses but are never touched.
     z = jnp.asarray([[9.0, 9.0, 1.0, -3.0]])
     y = jnp.asarray([[0, 0, -1, 1]], jnp.int8)
-    out = losses.large_loss(z, y, jnp.asarray(1), scheme="LL-R", unobserved_value=-1)
+    out = schemes.create("LL-R", unobserved_value=-1).loss(z, y, jnp.asarray(1))
     np.testing.assert_array_equal(np.asarray(out.selected), [[False, False, True, False]])
 
 
 def test_unknown_scheme_is_an_error():
     with pytest.raises(ValueError, match="loss.scheme"):
-        losses.num_large_losses("LL-X", 2, 16, 20, 0.1)
+        schemes.create("LL-X", 0.1)
+
+
+class HalfWeightUnobserved(schemes.Scheme):
+    """A toy scheme: unobserved entries count half. Registered from here, not in the package."""
+
+    name = "toy-half"
+
+    def loss(self, logits, observed, k):
+        from bridgegap_jax import losses
+
+        loss, _, unobserved = losses.assume_negative(logits, observed, self.unobserved_value)
+        return losses.LossOutput(jnp.mean(jnp.where(unobserved, 0.5 * loss, loss)), jnp.zeros_like(unobserved))
+
+
+def test_a_scheme_registered_from_outside_trains_one_step(tiny_config, tmp_path):
+    from bridgegap_jax import trainer
+
+    schemes.register(HalfWeightUnobserved)
+    try:
+        tiny_config.loss.scheme = "toy-half"
+        tiny_config.train.num_epochs = 1
+        result = trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    finally:
+        del schemes.REGISTRY["toy-half"]
+    assert result["best_epoch"] == 1 and 0 <= result["test_map"] <= 100
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        assert any('"kind": "train"' in line for line in f)

@@ -1,0 +1,123 @@
+"""The run's config: checked completely before anything is written, then turned into the run's parts.
+
+`check(config)` checks every field on its own (types, ranges, known names); `check_with(config,
+dataset, num_devices)` the rules that need the dataset and the devices. A refused config raises
+ConfigError naming the field and the fix, before the workdir exists. The builders below are the
+only place where config fields become a model, an optimizer, a loss scheme or pipeline options.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ml_collections
+
+from bridgegap_jax import images, input_pipeline, schemes, steps
+from bridgegap_jax.errors import UserError
+from bridgegap_jax.datasets import catalog, masks
+from bridgegap_jax.models import RESNET_STAGES
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class ConfigError(UserError, ValueError):
+    """A config value that cannot run; the message names the field and what to do."""
+
+
+def _require(condition: bool, field: str, value, rule: str) -> None:
+    if not condition:
+        raise ConfigError(f"config.{field}={value!r}: {rule}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Every field on its own: raises ConfigError for the first that cannot run."""
+    data, model, loss, train = config.data, config.model, config.loss, config.train
+    _require(_is_int(config.seed), "seed", config.seed, "must be an integer")
+    _require(data.name in catalog.DATASETS, "data.name", data.name, f"must be one of {', '.join(catalog.DATASETS)}")
+    _require(isinstance(data.data_dir, str) and data.data_dir != "", "data.data_dir", data.data_dir,
+             "must be the folder that holds the prepared datasets")
+    _require(_is_int(data.image_size) and data.image_size >= 32, "data.image_size", data.image_size,
+             "must be an integer >= 32 (the ResNet downsamples by 32: at least one CAM cell)")
+    _require(data.resize in images.RESIZE_METHODS, "data.resize", data.resize,
+             f"must be one of {', '.join(images.RESIZE_METHODS)}")
+    _require(data.train_labels in input_pipeline.TRAIN_LABELS, "data.train_labels", data.train_labels,
+             f"must be one of {', '.join(input_pipeline.TRAIN_LABELS)}")
+    try:
+        simulated = masks.parse(data.observation) is not None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    _require(not simulated or data.train_labels == "observed", "data.observation", data.observation,
+             "simulates observed labels from the full labels, so it needs config.data.train_labels=observed")
+    _require(data.workers is None or (_is_int(data.workers) and data.workers >= 0), "data.workers", data.workers,
+             "must be None (one decoding process per CPU core), 0 (decode in the training process) or a count")
+    _require(model.depth in RESNET_STAGES, "model.depth", model.depth, f"must be one of {sorted(RESNET_STAGES)}")
+    _require(_is_int(model.width) and model.width >= 1, "model.width", model.width, "must be a positive integer")
+    _require(_is_number(model.alpha) and model.alpha > 0, "model.alpha", model.alpha,
+             "must be > 0 (BoostLU's factor on positive CAM cells; 1 = no boost)")
+    _require(model.dtype in steps.DTYPES, "model.dtype", model.dtype, f"must be one of {', '.join(steps.DTYPES)}")
+    _require(isinstance(model.pretrained, str), "model.pretrained", model.pretrained,
+             "must be a converted trunk's folder, or '' to train from scratch")
+    _require(loss.scheme in schemes.REGISTRY, "loss.scheme", loss.scheme, f"must be one of {', '.join(schemes.REGISTRY)}")
+    _require(loss.delta_rel is None or (_is_number(loss.delta_rel) and 0 <= loss.delta_rel < 1), "loss.delta_rel",
+             loss.delta_rel, "must be in [0, 1), or None for the scheme's paper value")
+    for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps"):
+        value = train[field]
+        _require(_is_int(value) and value >= 1, f"train.{field}", value, "must be an integer >= 1")
+    _require(_is_number(train.lr) and train.lr > 0, "train.lr", train.lr, "must be > 0")
+    _require(_is_number(train.head_lr_mult) and train.head_lr_mult > 0, "train.head_lr_mult", train.head_lr_mult,
+             "must be > 0")
+    _require(train.nonfinite in NONFINITE_POLICIES, "train.nonfinite", train.nonfinite,
+             "must be 'stop' (end the run at the first non-finite loss or gradient) or 'skip' (drop such steps)")
+
+
+def check_with(config: ml_collections.ConfigDict, dataset: catalog.Dataset, num_devices: int) -> None:
+    """The rules that need the dataset and the device count."""
+    train = config.train
+    num_train = dataset.split_sizes["train"]
+    _require(train.batch_size % num_devices == 0, "train.batch_size", train.batch_size,
+             f"must be divisible by the {num_devices} devices")
+    _require(train.batch_size <= num_train, "train.batch_size", train.batch_size,
+             f"is larger than the {num_train} training examples of {dataset.name}")
+    _require(train.eval_batch_size % num_devices == 0, "train.eval_batch_size", train.eval_batch_size,
+             f"must be a multiple of the {num_devices} devices")
+
+
+def model(config: ml_collections.ConfigDict, num_classes: int):
+    m = config.model
+    return steps.make_model(num_classes, depth=m.depth, width=m.width, alpha=m.alpha, dtype=m.dtype)
+
+
+def optimizer(config: ml_collections.ConfigDict):
+    return steps.make_optimizer(config.train.lr, config.train.head_lr_mult)
+
+
+def scheme(config: ml_collections.ConfigDict, dataset: catalog.Dataset) -> schemes.Scheme:
+    return schemes.create(config.loss.scheme, config.loss.delta_rel, dataset.unobserved_value)
+
+
+def pipeline_options(config: ml_collections.ConfigDict, num_devices: int, process_index: int = 0,
+                     process_count: int = 1) -> input_pipeline.Options:
+    data = config.data
+    return input_pipeline.Options(
+        image_size=data.image_size, batch_size=config.train.batch_size, eval_batch_size=config.train.eval_batch_size,
+        seed=config.seed, resize=data.resize, random_flip=data.random_flip, train_labels=data.train_labels,
+        observation=data.observation, process_index=process_index, process_count=process_count,
+        row_multiple=num_devices,
+    )
+
+
+def workers(config: ml_collections.ConfigDict) -> int:
+    return input_pipeline.default_workers() if config.data.workers is None else config.data.workers
+
+
+def data_dir(config: ml_collections.ConfigDict) -> str:
+    return os.path.expanduser(config.data.data_dir)

@@ -1,0 +1,5 @@
+import sys
+
+from bridgegap_jax.prepare.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""What a run tells the user: progress lines on stdout, and records in metrics.jsonl and TensorBoard.
+
+Only process 0 prints and writes. Each record is one strict-JSON line {"kind", "step", "wall_time",
+...} (non-finite numbers are written as null) and the same scalars as TensorBoard event files
+under <workdir>/tensorboard, written without TensorFlow (tensorboardX). On resume the records
+after the checkpoint are dropped and TensorBoard is told to purge them, so every step, epoch and
+test appears exactly once however often the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+from bridgegap_jax.rundir import METRICS_FILE, TENSORBOARD_DIR, RunDir, write_atomically
+
+
+def finite_or_none(value):
+    """Strict JSON has no NaN or infinity: such values are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _summary_writer(logdir: str, purge_step: int | None):
+    # tensorboardX imports torch whenever torch is installed (seconds, and a GPU context) only to
+    # accept torch tensors; we log Python floats, so it is hidden from that import.
+    hidden = "torch" not in sys.modules
+    if hidden:
+        sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hidden:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir=logdir, purge_step=purge_step, flush_secs=30)
+
+
+class RunLog:
+    def __init__(self, run_dir: RunDir, enabled: bool, resume: tuple[int, int] | None = None):
+        """`resume` = (step, epoch) of the checkpoint a resumed run starts from; None for a new run."""
+        self.enabled = enabled
+        self.path = run_dir.file(METRICS_FILE)
+        self._writer = None
+        if not enabled:
+            return
+        if resume is not None:
+            self._truncate(*resume)
+        self._writer = _summary_writer(str(run_dir.file(TENSORBOARD_DIR)), None if resume is None else resume[0] + 1)
+
+    def _truncate(self, step: int, epoch: int) -> None:
+        """Keep what the checkpoint at (step, epoch) has done: training records up to its step and the
+        validations of the epochs before; a crash may have written more, which will be done again."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a crash
+                continue
+            if (record.get("kind") == "train" and record.get("step", 0) <= step) or (
+                    record.get("kind") == "validation" and record.get("epoch", 0) < epoch):
+                kept.append(line)
+        write_atomically(self.path, "".join(line + "\n" for line in kept))
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            print(text, flush=True)
+
+    def record(self, kind: str, step: int, **fields) -> None:
+        if not self.enabled:
+            return
+        fields = {key: finite_or_none(value) for key, value in fields.items()}
+        record = {"kind": kind, "step": step, "wall_time": round(time.time(), 3), **fields}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+        for key, value in fields.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(f"{kind}/{key}", value, global_step=step, walltime=record["wall_time"])
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
