@@ -131,7 +131,10 @@ class BatchReader:
     def _read(self, split: str, index: np.ndarray, flip: np.ndarray | None = None):
         """(images (L,S,S,3), records) of examples `index`: only these records are read."""
         o = self.options
-        records = self._source(split).__getitems__([int(i) for i in index]) if len(index) else []
+        try:
+            records = self._source(split).__getitems__([int(i) for i in index]) if len(index) else []
+        except Exception as error:  # noqa: BLE001 - array_record reports damage as RuntimeError and others
+            raise self.dataset.damaged(split, error) from None
         out = np.empty((len(index), o.image_size, o.image_size, 3), np.uint8)
         for row, record in enumerate(records):
             try:
@@ -205,7 +208,8 @@ class Stream:
         iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         if workers > 0:
             iterable = iterable.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer_per_worker))
+                grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer_per_worker),
+                worker_init_fn=_init_worker)
         self._iterator = iter(iterable)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -241,6 +245,14 @@ class Stream:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """In each decoding process: Ctrl-C is the training process's to handle (it closes the stream and
+    stops the workers); a worker dying of it too would print its own traceback and strand its buffers."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def eval_plan(dataset: Dataset, split: str, options: Options) -> list[Segment]:

@@ -111,6 +111,17 @@ def disk_full(error: BaseException) -> OSError | None:
     return None
 
 
+def resume_hint(workdir: str) -> str:
+    """What rerunning the same command will do, from the checkpoints in `workdir`."""
+    from bridgegap_jax.rundir import RunDir
+
+    latest = RunDir(workdir).checkpoints / "latest"
+    steps = [int(p.name) for p in latest.iterdir() if p.name.isdigit()] if latest.is_dir() else []
+    if not steps:
+        return "no checkpoint was saved yet: rerunning the same command starts the run again"
+    return f"rerun the same command to resume {workdir} from its checkpoint at step {max(steps)}"
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -132,13 +143,13 @@ def main(argv):
     except KeyboardInterrupt:
         if FLAGS.debug:
             raise
-        fail(f"interrupted: rerun the same command to resume {workdir} from its latest checkpoint")
+        fail(f"interrupted; {resume_hint(workdir)}")
     except Exception as error:  # noqa: BLE001 - only a full disk is turned into a message; the rest re-raises
         full = disk_full(error)
         if full is None or FLAGS.debug:
             raise
         fail(f"no space left on the device holding {full.filename or workdir}: free some space (or choose another "
-             "--workdir / --config.data.data_dir), then rerun the same command to resume from the latest checkpoint")
+             f"--workdir / --config.data.data_dir); then {resume_hint(workdir)}")
 
 
 def run() -> None:

@@ -14,6 +14,8 @@ import math
 import sys
 import time
 
+from etils import epath
+
 from bridgegap_jax.rundir import METRICS_FILE, TENSORBOARD_DIR, RunDir, write_atomically
 
 
@@ -24,18 +26,45 @@ def finite_or_none(value):
     return value
 
 
-def _summary_writer(logdir: str, purge_step: int | None):
+def _import_tensorboardx():
     # tensorboardX imports torch whenever torch is installed (seconds, and a GPU context) only to
     # accept torch tensors; we log Python floats, so it is hidden from that import.
     hidden = "torch" not in sys.modules
     if hidden:
         sys.modules["torch"] = None
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import event_file_writer, summary
+        from tensorboardX.proto import event_pb2
     finally:
         if hidden:
             del sys.modules["torch"]
-    return SummaryWriter(logdir=logdir, purge_step=purge_step, flush_secs=30)
+    return event_file_writer, summary, event_pb2
+
+
+class EventFile:
+    """TensorBoard scalars, written synchronously (no writer thread: a Ctrl-C cannot strand it).
+
+    `purge_step`: a resumed run tells TensorBoard to drop what an earlier session logged from that
+    step on, so the curves show every step once.
+    """
+
+    def __init__(self, logdir: str, purge_step: int | None):
+        event_file_writer, self._summary, self._event_pb2 = _import_tensorboardx()
+        epath.Path(logdir).mkdir(parents=True, exist_ok=True)
+        self._writer = event_file_writer.EventsWriter(f"{logdir}/events")
+        if purge_step is not None:
+            start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
+            self._writer.write_event(self._event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=start))
+
+    def scalar(self, tag: str, value: float, step: int, wall_time: float) -> None:
+        self._writer.write_event(
+            self._event_pb2.Event(wall_time=wall_time, step=step, summary=self._summary.scalar(tag, value)))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class RunLog:
@@ -43,12 +72,12 @@ class RunLog:
         """`resume` = (step, epoch) of the checkpoint a resumed run starts from; None for a new run."""
         self.enabled = enabled
         self.path = run_dir.file(METRICS_FILE)
-        self._writer = None
+        self._events = None
         if not enabled:
             return
         if resume is not None:
             self._truncate(*resume)
-        self._writer = _summary_writer(str(run_dir.file(TENSORBOARD_DIR)), None if resume is None else resume[0] + 1)
+        self._events = EventFile(str(run_dir.file(TENSORBOARD_DIR)), None if resume is None else resume[0] + 1)
 
     def _truncate(self, step: int, epoch: int) -> None:
         """Keep what the checkpoint at (step, epoch) has done: training records up to its step and the
@@ -79,9 +108,10 @@ class RunLog:
             f.write(json.dumps(record, allow_nan=False) + "\n")
         for key, value in fields.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._writer.add_scalar(f"{kind}/{key}", value, global_step=step, walltime=record["wall_time"])
+                self._events.scalar(f"{kind}/{key}", value, step, record["wall_time"])
+        self._events.flush()  # records are few (log points): TensorBoard sees each at once
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None

@@ -67,10 +67,17 @@ class RunDir:
         path = self.file(CONFIG_FILE)
         return json.loads(path.read_text()) if path.exists() else None
 
+    def has_progress(self) -> bool:
+        """Whether anything was trained here: a checkpoint to resume, or a result."""
+        latest = self.checkpoints / "latest"
+        saved = latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
+        return saved or self.file(RESULT_FILE).exists()
+
     def check_config(self, config: dict) -> None:
-        """Refuse a config other than the stored one: two configs' checkpoints must never mix."""
+        """Refuse a config other than the stored one once something was trained with it: two configs'
+        checkpoints must never mix. (A run that stopped before its first checkpoint may change it.)"""
         stored = self.stored_config()
-        if stored is not None and stored != config:
+        if stored is not None and stored != config and self.has_progress():
             fields = ", ".join(differences(stored, config))
             state = "finished" if self.result() is not None else "unfinished"
             raise RunDirError(
@@ -78,7 +85,7 @@ class RunDir:
                 f"--workdir, or rerun with the config stored in {self.file(CONFIG_FILE)}")
 
     def store_config(self, config: dict) -> None:
-        if self.stored_config() is None:
+        if self.stored_config() != config:  # check_config has refused a change that would mix runs
             write_atomically(self.file(CONFIG_FILE), json.dumps(config, indent=2, sort_keys=True))
 
     # --- results ------------------------------------------------------------------------------

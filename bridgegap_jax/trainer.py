@@ -94,11 +94,12 @@ class Trainer:
             first = int(self.state.first_skipped_step)
             epoch = (first - 1) // self.steps_per_epoch + 1
             kept = self.checkpoints.latest_step()
+            saved = (f"the latest checkpoint (step {kept}) holds the last finite state" if kept is not None
+                     else "no checkpoint was saved before it")
             raise NonFiniteError(
                 f"the loss or the gradients became non-finite at step {first} (epoch {epoch}, lr "
-                f"{self.config.train.lr:g}): stopped without saving; the latest checkpoint "
-                f"{'(step ' + str(kept) + ')' if kept is not None else '(none yet)'} holds the last finite state. "
-                "Lower --config.train.lr, or pass --config.train.nonfinite=skip to drop such steps")
+                f"{self.config.train.lr:g}): stopped without saving; {saved}. Lower --config.train.lr, or pass "
+                "--config.train.nonfinite=skip to drop such steps")
         return skipped
 
     # --- the run ---------------------------------------------------------------------------------
@@ -323,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise
     try:
         if main_process:
+            run_dir.check_config(config_json)  # again, now that no other run can change the workdir
             run_dir.store_config(config_json)
         trainer = Trainer(config, run_dir, dataset, mesh)
         return trainer.run(heartbeat=lock.heartbeat if main_process else lambda: None)

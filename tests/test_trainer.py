@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import Interrupted, interrupt_after
 
 from bridgegap_jax import configuration, rundir, schemes, sharding, steps, trainer
 
@@ -33,26 +34,6 @@ def test_step_lowers_the_loss_and_new_epochs_do_not_recompile():
             first = float(metrics["loss"]) if first is None else first
     assert float(metrics["loss"]) < 0.5 * first
     assert step._cache_size() == 1  # one program for every epoch's k
-
-
-class Interrupted(Exception):
-    pass
-
-
-def interrupt_after(monkeypatch, num_batches):
-    """Make the run raise when it asks for training batch `num_batches` + 1, as a crash would."""
-    original = sharding.prefetch_to_device
-    seen = {"n": 0}
-
-    def prefetch(batches, *args, **kwargs):
-        for item in original(batches, *args, **kwargs):
-            if "batch_index" in item[0]:  # a training batch
-                if seen["n"] == num_batches:
-                    raise Interrupted
-                seen["n"] += 1
-            yield item
-
-    monkeypatch.setattr(sharding, "prefetch_to_device", prefetch)
 
 
 def final_state(workdir):
@@ -98,8 +79,11 @@ def test_a_workdir_refuses_another_config(tiny_config, tmp_path):
     run_dir = rundir.RunDir(str(tmp_path))
     run_dir.store_config(json.loads(tiny_config.to_json_best_effort()))
     tiny_config.model.alpha = 1.0
-    with pytest.raises(rundir.RunDirError, match="model.alpha"):
-        run_dir.check_config(json.loads(tiny_config.to_json_best_effort()))
+    changed = json.loads(tiny_config.to_json_best_effort())
+    run_dir.check_config(changed)  # nothing trained yet: the config may still change
+    (tmp_path / "checkpoints" / "latest" / "25").mkdir(parents=True)  # a checkpoint of the stored config
+    with pytest.raises(rundir.RunDirError, match="unfinished run made with another config.*model.alpha"):
+        run_dir.check_config(changed)
 
 
 def test_a_relative_workdir_works(tiny_config, tmp_path, monkeypatch):

@@ -47,6 +47,10 @@ CLASS_NAMES_FILE = "class_names.txt"  # one name per line, in label order
 CLASS_GROUPS_FILE = "class_groups.npy"  # (C,) int: frequency group 1..5 of each class (OpenImages)
 
 
+class DataError(UserError, ValueError):
+    """A prepared dataset whose files cannot be read; the message names them and the fix."""
+
+
 class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset that is not prepared (or prepared by an older version); the message names the command."""
 
@@ -90,6 +94,21 @@ class Dataset:
 
         builder = tfds.builder_from_directory(self.directory)
         return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+
+    def damaged(self, split: str, error: Exception) -> DataError:
+        """The error to raise when reading `split` failed: it names the files that do not open."""
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        bad = []
+        for path in sorted(epath.Path(self.directory).glob(f"*-{split}.array_record-*")):
+            try:
+                ArrayRecordReader(str(path)).close()
+            except Exception:  # noqa: BLE001 - any failure to open is what we report
+                bad.append(path.name)
+        what = f"damaged file(s) {', '.join(bad)}" if bad else f"a file of split {split!r}"
+        return DataError(f"{self.directory}: {what} cannot be read ({' '.join(str(error).split())[:200]}); "
+                         f"rebuild the dataset with `{prepare_command(self.name, os.path.dirname(os.path.dirname(self.directory)))} "
+                         "--overwrite`")
 
 
 def open_dataset(name: str, data_dir: str) -> Dataset:

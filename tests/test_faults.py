@@ -1,0 +1,316 @@
+"""Faults and bad input: every failure a user can meet is a clear refusal or a clean recovery.
+
+Each test reproduces one way a run went wrong before (a changed config on a finished workdir,
+corrupt JPEGs, divergence, two runs on one workdir, bad config values, Ctrl-C, a full disk, a
+damaged shard, broken weight files, a crash during a checkpoint save) and checks what happens now.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from helpers import ROOT, TINY_DEMO, Interrupted, demo_flags, interrupt_after, one_line_error, run
+
+from bridgegap_jax import configuration, images, losses, rundir, schemes, trainer
+from bridgegap_jax.datasets import catalog
+from bridgegap_jax.prepare import cli, fake, writer
+from bridgegap_jax.run_log import RunLog
+
+
+def tiny(config, **fields):
+    """The tiny demo of helpers.TINY_DEMO on `config` (plus `fields`, '__' for '.')."""
+    for key, value in {**TINY_DEMO, **{k.replace("__", "."): v for k, v in fields.items()}}.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished(demo_data_dir, tmp_path_factory):
+    """A finished tiny demo run: (workdir, config)."""
+    from configs import demo
+
+    config = tiny(demo.get_config(), data__data_dir=demo_data_dir, train__num_epochs=1)
+    workdir = str(tmp_path_factory.mktemp("finished") / "run")
+    trainer.train_and_evaluate(config, workdir)
+    return workdir, config
+
+
+def latest_params(workdir):
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"), item_names=("state", "progress"))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, restored["state"]["train"]["params"]
+
+
+# --- 1. a finished workdir and a changed config -----------------------------------------------
+def test_a_finished_workdir_refuses_a_changed_config(finished, demo_data_dir):
+    workdir, config = finished
+    config = config.copy_and_resolve_references()
+    config.model.alpha = 1.0
+    with pytest.raises(rundir.RunDirError, match="holds a finished run made with another config.*model.alpha"):
+        trainer.train_and_evaluate(config, workdir)
+    message = one_line_error(run("-m", "bridgegap_jax.main", *demo_flags(workdir, demo_data_dir, train__num_epochs=1),
+                                 "--config.model.alpha=1"))
+    assert "finished run made with another config (differing: model.alpha)" in message
+
+
+# --- 2. corrupt JPEGs that one decoder accepts and another rejects ---------------------------
+def mutations(data: bytes, rng, count: int):
+    """`count` damaged copies of a JPEG: FF F8 inserted in the entropy-coded data, truncations,
+    flipped bytes in the scan and in the headers."""
+    scan = data.find(b"\xff\xda") + 20
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            position = int(rng.integers(scan, len(data) - 4))
+            yield data[:position] + b"\xff\xf8" + data[position:]
+        elif kind == 1:
+            yield data[: int(rng.integers(scan, len(data) - 2))]
+        else:
+            lo, hi = (scan, len(data) - 2) if kind == 2 else (2, scan)
+            damaged = bytearray(data)
+            for position in rng.integers(lo, hi, 3):
+                damaged[position] ^= int(rng.integers(1, 256))
+            yield bytes(damaged)
+
+
+def test_fuzzed_jpegs_never_reach_training(tmp_path, tiny_config):
+    rng = np.random.default_rng(0)
+    made = fake.make_voc(str(tmp_path / "download"), rng, sizes=(90, 14))
+    root = made["image_root"]
+    names = sorted(name for name in os.listdir(root) if name not in made["missing"] + made["corrupt"])
+    damaged = names[:60]
+    for name, data in zip(damaged, mutations(open(os.path.join(root, damaged[0]), "rb").read(), rng, len(damaged))):
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
+    assert cli.main(["voc", f"--source={tmp_path / 'download'}", f"--data_dir={tmp_path / 'data'}", "--workers=2"]) == 0
+    dataset = catalog.open_dataset("voc", str(tmp_path / "data"))
+    dropped = {row[0] for split in catalog.SPLITS
+               for row in writer.read_manifest(os.path.join(dataset.directory, f"missing_{split}.tsv"))}
+    assert len(dropped & set(damaged)) >= 30  # most mutations break a decoder; those never enter the dataset
+    for split in catalog.SPLITS:  # whatever was kept decodes with every decoder training may use
+        source = dataset.source(split)
+        for record in source.__getitems__(list(range(len(source)))):
+            for method in images.RESIZE_METHODS:
+                images.decode_and_resize(record["image"], 32, method)
+    config = tiny_config.copy_and_resolve_references()
+    config.data.name, config.data.data_dir, config.train.num_epochs = "voc", str(tmp_path / "data"), 1
+    config.train.batch_size = 8
+    result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert result["num_test_examples"] == dataset.split_sizes["test"]
+
+
+# --- 3. divergence ------------------------------------------------------------------------------
+def test_a_non_finite_step_stops_the_run_and_never_reaches_a_checkpoint(tiny_config, tmp_path):
+    tiny(tiny_config, train__lr=1e20, train__checkpoint_every_steps=1)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(trainer.NonFiniteError, match=r"non-finite at step 2 \(epoch 1, lr 1e\+20\).*checkpoint "
+                                                     r"\(step 1\) holds the last finite state"):
+        trainer.train_and_evaluate(tiny_config, workdir)
+    step, params = latest_params(workdir)
+    assert step == 1 and all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
+    assert not os.path.exists(os.path.join(workdir, rundir.LOCK_FILE))  # released on the way out
+
+
+class NaNEveryThirdBatch(schemes.Scheme):
+    """AN, except that a third of the batches (by their first label) give a NaN loss."""
+
+    name = "test-nan"
+
+    def loss(self, logits, observed, k):
+        out = schemes.create("AN").loss(logits, observed, k)
+        bad = jnp.argmax(observed[0]) % 3 == 0
+        return losses.LossOutput(jnp.where(bad, jnp.nan, out.loss), out.selected)
+
+
+def test_the_skip_policy_drops_non_finite_steps(tiny_config, tmp_path):
+    schemes.register(NaNEveryThirdBatch)
+    try:
+        tiny(tiny_config, loss__scheme="test-nan", train__nonfinite="skip", train__num_epochs=1)
+        result = trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    finally:
+        del schemes.REGISTRY["test-nan"]
+    with open(tmp_path / "run" / rundir.METRICS_FILE) as f:
+        records = [json.loads(line) for line in f]
+    skipped = [r["skipped_steps"] for r in records if r["kind"] == "train"]
+    assert 0 < skipped[-1] < 25 and skipped == sorted(skipped)  # counted as they happen
+    assert np.isfinite(result["test_map"])
+
+
+# --- 4. two runs on one workdir -----------------------------------------------------------------
+def test_a_second_run_on_a_busy_workdir_refuses(demo_data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    flags = demo_flags(workdir, demo_data_dir, train__num_epochs=20)
+    first = subprocess.Popen([sys.executable, "-m", "bridgegap_jax.main", *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for line in first.stdout:  # the first one trains
+            if line.startswith("epoch 1/20 step 5/25"):
+                break
+        message = one_line_error(run("-m", "bridgegap_jax.main", *flags))
+        assert f"is in use by pid {first.pid} on " in message and " since " in message
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_config, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = rundir.RunDir(str(workdir)).lock()
+    (workdir / rundir.LOCK_FILE).write_text(json.dumps({**lock.me, "pid": int(dead.stdout)}))
+    tiny_config.train.num_epochs = 1
+    assert trainer.train_and_evaluate(tiny_config, str(workdir))["best_epoch"] == 1
+    (workdir / rundir.RESULT_FILE).unlink()
+    (workdir / rundir.LOCK_FILE).write_text(json.dumps(lock.me))  # this very process: alive
+    with pytest.raises(rundir.RunDirError, match=f"in use by pid {os.getpid()}"):
+        trainer.train_and_evaluate(tiny_config, str(workdir))
+
+
+# --- 5, 6. config values that cannot run ---------------------------------------------------------
+@pytest.mark.parametrize("field,value", [
+    ("train.num_epochs", 0), ("model.depth", 7), ("data.image_size", 0), ("data.observation", "bogus"),
+    ("train.log_every_steps", 0), ("train.checkpoint_every_steps", 0), ("train.eval_batch_size", 0),
+    ("train.lr", 0.0), ("train.lr", -1.0), ("model.alpha", 0.0), ("model.alpha", -1.0), ("train.batch_size", 5000),
+    ("train.batch_size", 0), ("loss.delta_rel", 1.5), ("data.resize", "area"), ("train.nonfinite", "ignore"),
+    ("data.workers", -1), ("train.head_lr_mult", 0.0),
+])
+def test_a_config_that_cannot_run_is_refused_before_anything_is_written(tiny_config, tmp_path, field, value):
+    section, name = field.split(".")
+    tiny_config[section][name] = value
+    with pytest.raises(configuration.ConfigError, match=f"config.{field}="):
+        trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_config_is_one_line_from_the_command(demo_data_dir, tmp_path):
+    message = one_line_error(run("-m", "bridgegap_jax.main", *demo_flags(tmp_path / "run", demo_data_dir),
+                                 "--config.train.batch_size=5000"))
+    assert message == ("error: config.train.batch_size=5000: is larger than the 1600 training examples of demo")
+    assert not (tmp_path / "run").exists()
+
+
+# --- 7. tracebacks that are now one line -------------------------------------------------------
+def test_ctrl_c_is_one_line_that_says_how_to_resume(demo_data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "bridgegap_jax.main", *demo_flags(workdir, demo_data_dir, data__workers=2)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("epoch 1/2 step 15/25"):  # after the checkpoint at step 10
+            os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group, workers included
+            break
+    out, err = process.communicate(timeout=120)
+    done = subprocess.CompletedProcess(command, process.returncode, out, err)
+    message = one_line_error(done)
+    assert message.startswith("error: interrupted; rerun the same command to resume ")
+    assert message.endswith("from its checkpoint at step 10")
+    assert not (workdir / rundir.LOCK_FILE).exists()
+
+
+def test_a_full_disk_is_one_line(demo_data_dir, tmp_path):
+    done = run(os.path.join("tests", "fault_driver.py"), "disk-full", "20", *demo_flags(tmp_path / "run", demo_data_dir))
+    message = one_line_error(done)
+    assert "no space left on the device holding" in message and "from its checkpoint at step 10" in message
+
+
+def test_a_damaged_shard_is_named(demo_data_dir, tmp_path):
+    shutil.copytree(os.path.join(demo_data_dir, "bridgegap_demo"), tmp_path / "data" / "bridgegap_demo")
+    shard = next((tmp_path / "data").glob("bridgegap_demo/*/bridgegap_demo-train.array_record-*"))
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2)
+    message = one_line_error(run("-m", "bridgegap_jax.main", *demo_flags(tmp_path / "run", tmp_path / "data")))
+    assert f"damaged file(s) {shard.name} cannot be read" in message
+    assert "python -m bridgegap_jax.prepare demo" in message and "--overwrite" in message
+
+
+def test_a_malformed_safetensors_file_is_one_line(tmp_path):
+    header = json.dumps({"conv1.weight": {"shape": [64, 3, 7, 7], "data_offsets": [0, 4]}}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    message = one_line_error(run("-m", "bridgegap_jax.pretrained", f"--source={path}", f"--out={tmp_path / 'out'}"))
+    assert str(path) in message and "lacks a dtype" in message
+
+
+def test_a_pth_file_that_torch_refuses_is_one_line(tmp_path):
+    torch = pytest.importorskip("torch", reason="torch is a test extra; only .pth files need it")
+
+    class Payload:  # a pickle that would run code: weights_only=True refuses it
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "crafted.pth"
+    torch.save({"conv1.weight": Payload()}, path)
+    done = run("-m", "bridgegap_jax.pretrained", f"--source={path}", f"--out={tmp_path / 'out'}")
+    message = one_line_error(done)
+    assert "torch refused to load it with weights_only=True" in message and "pwned" not in done.stdout
+
+
+def test_when_every_image_fails_the_manifest_it_names_exists(tmp_path, capsys):
+    made = fake.make("voc", str(tmp_path / "download"))
+    for name in os.listdir(made["image_root"]):
+        with open(os.path.join(made["image_root"], name), "wb") as f:
+            f.write(b"not a jpeg")
+    assert cli.main(["voc", f"--source={tmp_path / 'download'}", f"--data_dir={tmp_path / 'data'}", "--workers=1"]) == 2
+    message = capsys.readouterr().err.strip()
+    manifest = message.split("; ")[1].split(" lists")[0]
+    assert "none of its" in message and os.path.isfile(manifest)
+    assert len(writer.read_manifest(manifest)) > 0
+    assert not (tmp_path / "data" / "bridgegap_voc").exists()  # nothing that looks prepared
+
+
+# --- 8. metrics.jsonl -------------------------------------------------------------------------
+def test_metrics_are_strict_json_with_null_for_non_finite_values(tmp_path):
+    log = RunLog(rundir.RunDir(str(tmp_path)), enabled=True)
+    log.record("train", 3, loss=float("nan"), k=2, images_per_second=float("inf"))
+    log.close()
+    record = json.loads((tmp_path / rundir.METRICS_FILE).read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert record["loss"] is None and record["images_per_second"] is None and record["k"] == 2
+
+
+def test_metrics_hold_each_step_once_after_several_resumes(tiny_config, tmp_path, monkeypatch):
+    tiny(tiny_config)
+    workdir = str(tmp_path / "run")
+    for stop_after in (13, 24):  # epoch 1 step 13; then (resumed at 10) epoch 2 step 9
+        interrupt_after(monkeypatch, stop_after)
+        with pytest.raises(Interrupted):
+            trainer.train_and_evaluate(tiny_config, workdir)
+        monkeypatch.undo()
+    trainer.train_and_evaluate(tiny_config, workdir)
+    with open(os.path.join(workdir, rundir.METRICS_FILE)) as f:
+        records = [json.loads(line) for line in f]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == list(range(5, 51, 5))
+    assert [r["epoch"] for r in records if r["kind"] == "validation"] == [1, 2]
+    assert sum(r["kind"] == "test" for r in records) == 1
+
+
+# --- a crash in the middle of a checkpoint save ----------------------------------------------------
+def test_a_kill_during_a_checkpoint_save_resumes_to_the_same_end(tiny_config, demo_data_dir, tmp_path):
+    tiny(tiny_config, data__data_dir=demo_data_dir)
+    whole = trainer.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
+    split = str(tmp_path / "split")
+    flags = demo_flags(split, demo_data_dir)
+    killed = run(os.path.join("tests", "fault_driver.py"), "kill-during-save", "35", *flags)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert os.path.exists(os.path.join(split, rundir.LOCK_FILE))  # left behind by the killed process
+    resumed = run("-m", "bridgegap_jax.main", *flags)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr[-3000:]
+    result = json.loads(open(os.path.join(split, rundir.RESULT_FILE)).read())
+    for key in ("test_map", "best_epoch", "best_val_map"):
+        assert result[key] == whole[key], key
+    step_a, params_a = latest_params(str(tmp_path / "whole"))
+    step_b, params_b = latest_params(split)
+    assert step_a == step_b == 50
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
