@@ -19,6 +19,7 @@ from bridgegap_jax.datasets import catalog, masks
 from bridgegap_jax.models import RESNET_STAGES
 
 NONFINITE_POLICIES = ("stop", "skip")
+LR_DECAYS = ("none", "cosine")
 
 
 class ConfigError(UserError, ValueError):
@@ -77,6 +78,13 @@ def check(config: ml_collections.ConfigDict) -> None:
              "must be > 0")
     _require(train.nonfinite in NONFINITE_POLICIES, "train.nonfinite", train.nonfinite,
              "must be 'stop' (end the run at the first non-finite loss or gradient) or 'skip' (drop such steps)")
+    _require(train.lr_scaling in steps.LR_SCALINGS, "train.lr_scaling", train.lr_scaling,
+             f"must be one of {', '.join(steps.LR_SCALINGS)} (from the protocol's batch of {steps.REFERENCE_BATCH})")
+    _require(_is_number(train.warmup_epochs) and 0 <= train.warmup_epochs <= train.num_epochs, "train.warmup_epochs",
+             train.warmup_epochs, "must be between 0 and train.num_epochs")
+    _require(train.lr_decay in LR_DECAYS, "train.lr_decay", train.lr_decay, f"must be one of {', '.join(LR_DECAYS)}")
+    _require(_is_int(loss.group_size) and loss.group_size >= 0, "loss.group_size", loss.group_size,
+             "must be 0 (rank the whole batch, the protocol) or a group size such as 16")
 
 
 def check_with(config: ml_collections.ConfigDict, dataset: catalog.Dataset, num_devices: int) -> None:
@@ -96,12 +104,22 @@ def model(config: ml_collections.ConfigDict, num_classes: int):
     return steps.make_model(num_classes, depth=m.depth, width=m.width, alpha=m.alpha, dtype=m.dtype)
 
 
-def optimizer(config: ml_collections.ConfigDict):
-    return steps.make_optimizer(config.train.lr, config.train.head_lr_mult)
+def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
+    """The trunk's learning rate by step (the head's is head_lr_mult times it)."""
+    t = config.train
+    return steps.lr_schedule(t.lr, batch_size=t.batch_size, scaling=t.lr_scaling,
+                             warmup_steps=round(t.warmup_epochs * steps_per_epoch),
+                             decay_steps=t.num_epochs * steps_per_epoch if t.lr_decay == "cosine" else 0)
+
+
+def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
+    """Adam with the config's schedule; `steps_per_epoch` turns its epochs into steps (any value will
+    do where only the optimizer's structure matters, as for a restore target)."""
+    return steps.make_optimizer(lr_schedule(config, steps_per_epoch), config.train.head_lr_mult)
 
 
 def scheme(config: ml_collections.ConfigDict, dataset: catalog.Dataset) -> schemes.Scheme:
-    return schemes.create(config.loss.scheme, config.loss.delta_rel, dataset.unobserved_value)
+    return schemes.create(config.loss.scheme, config.loss.delta_rel, dataset.unobserved_value, config.loss.group_size)
 
 
 def pipeline_options(config: ml_collections.ConfigDict, num_devices: int, process_index: int = 0,

@@ -158,10 +158,10 @@ def check_compatible(runs: Sequence[Run], dataset_classes: int) -> None:
 
 def restore(run: Run, mesh) -> tuple[CAMClassifier, dict]:
     model = configuration.model(run.config, run.num_classes)
-    abstract = steps.abstract_state(model, configuration.optimizer(run.config), run.config.data.image_size, mesh)
+    abstract = steps.abstract_model_vars(model, run.config.data.image_size, mesh)
     checkpoints = RunCheckpoints(RunDir(run.workdir).checkpoints)
     try:
-        variables = checkpoints.restore_best(abstract.model_vars())
+        variables = checkpoints.restore_best(abstract)
     finally:
         checkpoints.close()
     return model, variables

@@ -45,8 +45,31 @@ def make_model(num_classes: int, *, depth: int, width: int = 64, alpha: float = 
     return CAMClassifier(num_classes=num_classes, depth=depth, width=width, alpha=alpha, dtype=DTYPES[dtype])
 
 
-def make_optimizer(lr: float, head_lr_mult: float) -> optax.GradientTransformation:
-    """Adam without weight decay; the CAM head at head_lr_mult x lr, as the reference's 10x."""
+LR_SCALINGS = ("none", "sqrt", "linear")
+REFERENCE_BATCH = 16  # the protocol's batch: the learning rates of the configs are for it
+
+
+def lr_schedule(lr: float, *, batch_size: int = REFERENCE_BATCH, scaling: str = "none", warmup_steps: int = 0,
+                decay_steps: int = 0) -> optax.Schedule:
+    """The trunk's learning rate by step: `lr` (the protocol's, for a batch of 16) scaled to the batch
+    (none | sqrt | linear), reached by a linear warm-up over `warmup_steps`, then constant, or
+    cosine-decayed to 0 at `decay_steps` when that is > 0. The protocol is none / 0 / 0: constant lr."""
+    if scaling not in LR_SCALINGS:
+        raise ValueError(f"config.train.lr_scaling={scaling!r} is not one of {', '.join(LR_SCALINGS)}")
+    peak = lr * {"none": 1.0, "sqrt": (batch_size / REFERENCE_BATCH) ** 0.5,
+                 "linear": batch_size / REFERENCE_BATCH}[scaling]
+    if decay_steps > 0:
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(decay_steps, warmup_steps + 1), 0.0)
+    if warmup_steps > 0:
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)],
+                                    [warmup_steps])
+    return optax.constant_schedule(peak)
+
+
+def make_optimizer(lr: float | optax.Schedule, head_lr_mult: float) -> optax.GradientTransformation:
+    """Adam without weight decay; the CAM head at head_lr_mult x lr, as the reference's 10x. The step
+    count of a schedule lives in the optimizer state, so a resumed run continues it exactly."""
+    schedule = lr if callable(lr) else optax.constant_schedule(lr)
 
     def adam(rate):
         return optax.adam(rate, b1=0.9, b2=0.999, eps=1e-8)
@@ -54,7 +77,8 @@ def make_optimizer(lr: float, head_lr_mult: float) -> optax.GradientTransformati
     def labels(params):
         return {name: jax.tree.map(lambda _: "head" if name == "head" else "trunk", sub) for name, sub in params.items()}
 
-    return optax.multi_transform({"trunk": adam(lr), "head": adam(lr * head_lr_mult)}, labels)
+    head = lambda count: head_lr_mult * schedule(count)  # noqa: E731
+    return optax.multi_transform({"trunk": adam(schedule), "head": adam(head)}, labels)
 
 
 def initial_state(model: CAMClassifier, tx: optax.GradientTransformation, image_size: int, seed: int) -> TrainState:
@@ -74,6 +98,13 @@ def abstract_state(model, tx, image_size: int, mesh) -> TrainState:
     shapes = jax.eval_shape(functools.partial(initial_state, model, tx, image_size, 0))
     replicated = sharding.replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
+
+
+def abstract_model_vars(model, image_size: int, mesh) -> dict:
+    """Shapes, dtypes and shardings of params and batch_stats: the restore target of a model alone."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.uint8)))
+    replicated = sharding.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), dict(shapes))
 
 
 def train_step(state: TrainState, images: jax.Array, observed: jax.Array, k: jax.Array, *,

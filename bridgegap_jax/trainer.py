@@ -46,7 +46,9 @@ class Trainer:
         self.steps_per_epoch = input_pipeline.steps_per_epoch(self.num_train, self.options)
         self.scheme = configuration.scheme(config, dataset)
         self.host_state = self.scheme.host_state(self.num_train, self.num_classes)
-        self.model, self.tx = configuration.model(config, self.num_classes), configuration.optimizer(config)
+        self.model = configuration.model(config, self.num_classes)
+        self.lr = configuration.lr_schedule(config, self.steps_per_epoch)
+        self.tx = configuration.optimizer(config, self.steps_per_epoch)
         self.step_fn = steps.jit_train_step(self.model, self.tx, self.scheme.loss, mesh,
                                             halt_on_nonfinite=config.train.nonfinite == "stop")
         self.eval_fn = steps.jit_eval_step(self.model, mesh)
@@ -98,7 +100,7 @@ class Trainer:
                      else "no checkpoint was saved before it")
             raise NonFiniteError(
                 f"the loss or the gradients became non-finite at step {first} (epoch {epoch}, lr "
-                f"{self.config.train.lr:g}): stopped without saving; {saved}. Lower --config.train.lr, or pass "
+                f"{float(self.lr(first - 1)):g}): stopped without saving; {saved}. Lower --config.train.lr, or pass "
                 "--config.train.nonfinite=skip to drop such steps")
         return skipped
 
@@ -148,16 +150,15 @@ class Trainer:
         device_batches = sharding.prefetch_to_device(observed(batches), self.mesh, ("image", "labels"))
         for step_in_epoch, (batch, device) in enumerate(device_batches, start=progress["step_in_epoch"] + 1):
             rows = len(batch["batch_index"])
-            k = self.scheme.num_large_losses(epoch, rows, self.num_classes)
-            self.state, metrics, selected = self.step_fn(self.state, device["image"], device["labels"],
-                                                         jnp.asarray(k, jnp.int32))
+            ks = self.scheme.large_loss_counts(epoch, rows, self.num_classes)  # one per selection group
+            self.state, metrics, selected = self.step_fn(self.state, device["image"], device["labels"], jnp.asarray(ks))
             self.host_state.record(batch["batch_index"], selected)
             progress["step_in_epoch"] = step_in_epoch
             window["images"] += rows
             window["losses"].append(metrics["loss"])
             last = step_in_epoch == self.steps_per_epoch
             if step_in_epoch % config.train.log_every_steps == 0 or last:
-                self._log_train(epoch, step_in_epoch, k, metrics, window)
+                self._log_train(epoch, step_in_epoch, int(ks.sum()), metrics, window)
             if not last and step_in_epoch % config.train.checkpoint_every_steps == 0:
                 self.save_latest()
         self.host_state.flush()
@@ -180,7 +181,7 @@ class Trainer:
             f"loss {values['loss']:.4f} k {k} selected {int(values['num_selected'])} | {rate:.1f} img/s | "
             f"{duration(self.elapsed())} elapsed{self._eta(epoch, step_in_epoch)}{extra}")
         self.log.record("train", step, epoch=epoch, loss=float(values["loss"]), k=k,
-                        num_selected=int(values["num_selected"]), lr=self.config.train.lr, images_per_second=rate,
+                        num_selected=int(values["num_selected"]), lr=float(self.lr(step - 1)), images_per_second=rate,
                         skipped_steps=skipped)
         self.heartbeat()
         window.update(start=time.perf_counter(), images=0, losses=[], first=False)
@@ -227,7 +228,8 @@ class Trainer:
 
     def test(self, batches) -> dict:
         """The test split, evaluated once with the checkpoint of the best validation mAP."""
-        best_vars = self.checkpoints.restore_best(self._abstract_state().model_vars())
+        best_vars = self.checkpoints.restore_best(
+            steps.abstract_model_vars(self.model, self.config.data.image_size, self.mesh))
         return self._evaluate("test", best_vars, batches)
 
     def finish(self, test: dict) -> dict:

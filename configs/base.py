@@ -35,12 +35,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict()
     config.loss.scheme = "LL-R"  # AN | LL-R | LL-Ct | LL-Cp
     config.loss.delta_rel = config_dict.placeholder(float)  # None: the scheme's paper value
+    # Large batches: rank the losses of each group of G rows on its own (16 = as batches of 16); 0 = the batch.
+    config.loss.group_size = 0
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 16
     config.train.num_epochs = 10
-    config.train.lr = 1e-5
+    config.train.lr = 1e-5  # for a batch of 16; see lr_scaling
     config.train.head_lr_mult = 10.0
+    # Large batches (the protocol: none, 0, none): lr x (batch / 16) ** {0, 1/2, 1}, a linear warm-up
+    # over the first warmup_epochs, and an optional cosine decay to 0 at the end.
+    config.train.lr_scaling = "none"
+    config.train.warmup_epochs = 0.0
+    config.train.lr_decay = "none"
     config.train.eval_batch_size = 64
     config.train.log_every_steps = 100
     config.train.checkpoint_every_steps = 1000

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
+from bridgegap_jax import losses
 from bridgegap_jax.losses import LossOutput
 
 
@@ -47,13 +48,20 @@ class Scheme:
     name: ClassVar[str]
     default_delta_rel: ClassVar[float] = 0.0
 
-    def __init__(self, delta_rel: float | None = None, unobserved_value: int = 0):
+    def __init__(self, delta_rel: float | None = None, unobserved_value: int = 0, group_size: int = 0):
+        """`group_size` G > 0 ranks the losses of each group of G rows on its own (docs/method.md, "Large batches")."""
         self.delta_rel = self.default_delta_rel if delta_rel is None else float(delta_rel)
         self.unobserved_value = unobserved_value
+        self.group_size = group_size
 
     def num_large_losses(self, epoch: int, rows: int, num_classes: int) -> int:
-        """k for a batch of `rows` examples in 1-based `epoch` (host arithmetic, float64)."""
+        """k for a group of `rows` examples in 1-based `epoch` (host arithmetic, float64)."""
         return 0
+
+    def large_loss_counts(self, epoch: int, rows: int, num_classes: int) -> np.ndarray:
+        """k of each selection group of a batch of `rows` rows: the `k` argument of `loss`."""
+        sizes = losses.group_sizes(rows, self.group_size)
+        return np.asarray([self.num_large_losses(epoch, size, num_classes) for size in sizes], np.int32)
 
     def loss(self, logits: jax.Array, observed: jax.Array, k: jax.Array) -> LossOutput:
         raise NotImplementedError

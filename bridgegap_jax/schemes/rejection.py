@@ -20,5 +20,5 @@ class Rejection(Scheme):
 
     def loss(self, logits, observed, k):
         loss, _, unobserved = losses.assume_negative(logits, observed, self.unobserved_value)
-        selected = losses.select_large_losses(loss, unobserved, k)
+        selected = losses.select_large_losses(loss, unobserved, k, self.group_size)
         return losses.LossOutput(jnp.mean(jnp.where(selected, 0.0, loss)), selected)

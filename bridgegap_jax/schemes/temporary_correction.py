@@ -15,5 +15,5 @@ class TemporaryCorrection(Rejection):
 
     def loss(self, logits, observed, k):
         loss, flipped, unobserved = losses.assume_negative(logits, observed, self.unobserved_value)
-        selected = losses.select_large_losses(loss, unobserved, k)
+        selected = losses.select_large_losses(loss, unobserved, k, self.group_size)
         return losses.LossOutput(jnp.mean(jnp.where(selected, flipped, loss)), selected)
