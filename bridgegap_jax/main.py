@@ -132,6 +132,7 @@ def main(argv):
     except KeyboardInterrupt:
         if FLAGS.debug:
             raise
+        sys.unraisablehook = lambda unraisable: None  # what the interrupt left half-built fails when collected
         fail(f"interrupted: rerun the same command to resume {workdir} from its latest checkpoint")
     except Exception as error:  # noqa: BLE001 - only a full disk is turned into a message; the rest re-raises
         full = disk_full(error)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bridgegap_jax import rundir, trainer
+from bridgegap_jax import run_log, rundir, trainer
 
 
 def read_events(logdir):
@@ -88,3 +88,15 @@ def test_tensorboard_holds_the_same_scalars_at_the_same_steps(finished_run):
         assert len(scalars[tag]) == len(points), tag
         for (step, value, wall_time), got in zip(points, scalars[tag]):
             assert got == (step, pytest.approx(value, rel=1e-6), pytest.approx(wall_time, abs=1e-3)), tag
+
+
+def test_a_new_run_drops_the_records_of_one_stopped_before_its_first_checkpoint(tmp_path):
+    run_dir = rundir.RunDir(str(tmp_path))
+    log = run_log.RunLog(run_dir, enabled=True)
+    log.record("train", 25, loss=0.5)
+    log.close()  # stopped at step 25, with no checkpoint: the rerun starts again at step 0
+    log = run_log.RunLog(run_dir, enabled=True)
+    log.record("train", 25, loss=0.4)
+    log.close()
+    records = [json.loads(line) for line in (tmp_path / rundir.METRICS_FILE).read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in records] == [(25, 0.4)]
