@@ -3,8 +3,8 @@
 One row per workdir: the config fields that differ between the runs (dotted names), the best
 epoch, validation and test mAP (and OpenImages' frequency groups), the wall time and whether the
 run has finished; the fields all runs share are listed once under the table. With --seeds, runs
-that differ only in `seed` make one row of mean ± sample std over their finished runs (n shown),
-as the paper's tables report them. Reads local and gs:// workdirs alike, without importing JAX.
+that differ only in `seed` make one row of mean ± sample std over their finished runs (n shown).
+Reads local and gs:// workdirs alike, without importing JAX.
 """
 
 from __future__ import annotations

@@ -212,13 +212,20 @@ def test_bad_run_flags():
 
 def test_command_line_error_is_one_clear_line(tmp_path):
     missing = str(tmp_path / "nothing")
-    done = subprocess.run(
-        [sys.executable, "-m", "bridgegap_jax.explain", f"--run=full={missing}", f"--run=an={missing}", f"--out={tmp_path}"],
+    done = subprocess.run(  # --out is optional
+        [sys.executable, "-m", "bridgegap_jax.explain", f"--run=full={missing}", f"--run=an={missing}"],
         cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"workdir {missing} does not exist" in done.stderr.strip().splitlines()[-1]
+
+
+def test_the_default_out_is_a_new_folder_that_git_ignores():
+    out = explain.default_out()
+    assert os.path.dirname(out) == "explain" and not os.path.exists(os.path.join(ROOT, out))
+    with open(os.path.join(ROOT, ".gitignore")) as f:
+        assert "/explain/" in f.read().split()
 
 
 def test_relative_workdirs_are_read(tmp_path, tiny_config, monkeypatch):
