@@ -1,8 +1,9 @@
-r"""The paper's explanation analysis (docs/method.md, "Explanations"): the CAMs of several runs, side by side and in numbers.
+r"""The paper's explanation analysis (docs/method.md, "Explanations"): the CAMs of several runs, side
+by side and in numbers.
 
     python -m bridgegap_jax.explain \
-        --run full=runs/demo_full --run an=runs/demo_an --run boostlu=runs/demo_llr_boostlu \
-        --reference full --split test --out docs/explain
+        --run full=runs/demo_full --run AN=runs/demo_an --run LL-R+BoostLU=runs/demo \
+        --reference full --split test
 
 A run is a workdir of `python -m bridgegap_jax.main` (its config.json and best checkpoint).
 
@@ -12,18 +13,18 @@ with alpha = 1 that is the raw CAM. Each non-reference run trained with alpha = 
 column "NAME + BoostLU at inference": the same parameters and raw CAM, run at --inference_alpha, so
 its positive cells (and its probability) grow by alpha while its negative cells stay as they are.
 
-Outputs in --out:
-  cams_<n>.png     rows of ground-truth-positive (image, class) pairs; columns: the image, then each
-                   model's map for that class, bilinearly upsampled to the image and overlaid on it,
-                   one shared colour scale per row (with its colour bar), the model's predicted
-                   probability for the class in the panel title
-  summary.json     over ALL ground-truth-positive pairs of the split, each model against the reference,
-                   cell by cell on the H'xW' grid: least-squares slope through the origin
-                   (model = slope x reference) on positive (reference > 0) and negative
-                   (reference < 0) cells, median per-cell ratio model / reference on both regions,
-                   per-pair Pearson correlation and top-k% IoU, and each model's mean attribution
-  scatter.png      the cell pairs with the fitted slopes
-  ratios.png       histograms of the per-cell ratio on positive and negative regions
+Outputs, in --out (default: a new folder explain/<YYYYmmdd-HHMMSS>, which git ignores):
+  cams_<n>.png: rows of ground-truth-positive (image, class) pairs; columns: the image, then each
+    model's map for that class, bilinearly upsampled to the image and overlaid on it, one shared
+    colour scale per row (with its colour bar), the model's predicted probability for the class in
+    the panel title
+  summary.json: over ALL ground-truth-positive pairs of the split, each model against the
+    reference, cell by cell on the H'xW' grid: least-squares slope through the origin (model =
+    slope x reference) on positive (reference > 0) and negative (reference < 0) cells, median
+    per-cell ratio model / reference on both regions, per-pair Pearson correlation and top-k% IoU,
+    and each model's mean attribution
+  scatter.png: the cell pairs with the fitted slopes
+  ratios.png: histograms of the per-cell ratio on positive and negative regions
 
 The CAM extraction is one jitted function per run: it gathers the requested classes' channels
 from the (B, H', W', C) CAM before boosting or upsampling, so 5,000-class models stay cheap; the
@@ -37,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from typing import Sequence
 
 import jax
@@ -49,7 +51,7 @@ from bridgegap_jax.checkpoint import RunCheckpoints
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.errors import UserError
 from bridgegap_jax.models import CAMClassifier, boost_lu
-from bridgegap_jax.rundir import CONFIG_FILE, RESULT_FILE, RunDir
+from bridgegap_jax.rundir import CONFIG_FILE, RunDir
 
 SUMMARY_FILE = "summary.json"
 MEASURED_MAP = (
@@ -434,13 +436,19 @@ def _run_info(run: Run) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
+def default_out() -> str:
+    """A new folder per invocation (ignored by git): the default writes over nothing."""
+    return os.path.join("explain", time.strftime("%Y%m%d-%H%M%S"))
+
+
 def define_flags():
     from absl import flags
 
     flags.DEFINE_multi_string("run", None, "NAME=WORKDIR of a run to compare; give two or more.")
     flags.DEFINE_string("reference", None, "Name of the reference (full-label) run; default: the first --run.")
     flags.DEFINE_string("split", "test", "Dataset split to explain.")
-    flags.DEFINE_string("out", None, "Output folder for the PNG figures and summary.json.")
+    flags.DEFINE_string("out", None, "Output folder for the PNG figures and summary.json; default: a new folder "
+                        "explain/<YYYYmmdd-HHMMSS>, so that earlier results and tracked files are never overwritten.")
     flags.DEFINE_float("inference_alpha", 5.0, "BoostLU alpha of the '+ BoostLU at inference' columns (1: none).")
     flags.DEFINE_float("top_k_percent", 20.0, "k of the top-k% IoU between a model's and the reference's map.")
     flags.DEFINE_list("classes", [], "Figure rows only for these classes (names, or indices where there are none).")
@@ -449,7 +457,7 @@ def define_flags():
     flags.DEFINE_integer("rows_per_figure", 4, "Rows per PNG file.")
     flags.DEFINE_integer("seed", 0, "Seed of the row sample.")
     flags.DEFINE_string("data_dir", None, "Where the dataset is prepared; default: the reference run's config.data.data_dir.")
-    flags.mark_flags_as_required(["run", "out"])
+    flags.mark_flags_as_required(["run"])
 
 
 def main(argv):
@@ -465,9 +473,10 @@ def main(argv):
         image_ids = [int(i) for i in f.image_ids]
     except ValueError:
         raise app.UsageError(f"--image_ids must be integers (indices in the split), got {f.image_ids}")
+    out = f.out or default_out()
     try:
         summary = explain(
-            parse_runs(f.run), f.out, reference=f.reference, split=f.split, inference_alpha=f.inference_alpha,
+            parse_runs(f.run), out, reference=f.reference, split=f.split, inference_alpha=f.inference_alpha,
             top_k_percent=f.top_k_percent, classes=f.classes, image_ids=image_ids, num_rows=f.num_rows,
             rows_per_figure=f.rows_per_figure, seed=f.seed, data_dir=f.data_dir,
         )
@@ -475,7 +484,7 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(format_summary(summary))
-    print(f"wrote {SUMMARY_FILE}, scatter.png, ratios.png and {len(summary['figures'])} CAM figure(s) to {f.out}")
+    print(f"wrote {SUMMARY_FILE}, scatter.png, ratios.png and {len(summary['figures'])} CAM figure(s) to {out}")
 
 
 def format_summary(summary: dict) -> str:

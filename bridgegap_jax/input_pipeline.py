@@ -191,6 +191,15 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _leave_interrupts_to_the_parent(worker_index: int, worker_count: int) -> None:
+    """Each grain worker ignores Ctrl-C, which a terminal sends to the whole process group: the
+    training process handles it and closes the stream, which stops the workers and frees the shared
+    memory of their batches. Interrupted themselves, they would print tracebacks and leak it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Stream:
     """The plan's batches from position `start` on, decoded by `workers` processes (0: this process).
 
@@ -209,7 +218,7 @@ class Stream:
         if workers > 0:
             iterable = iterable.mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer_per_worker),
-                worker_init_fn=_init_worker)
+                worker_init_fn=_leave_interrupts_to_the_parent)
         self._iterator = iter(iterable)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
@@ -245,14 +254,6 @@ class Stream:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _init_worker(worker_index: int, worker_count: int) -> None:
-    """In each decoding process: Ctrl-C is the training process's to handle (it closes the stream and
-    stops the workers); a worker dying of it too would print its own traceback and strand its buffers."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def eval_plan(dataset: Dataset, split: str, options: Options) -> list[Segment]:

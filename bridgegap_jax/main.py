@@ -3,9 +3,9 @@
 Rerunning the same command resumes an interrupted run, or reports a finished one.
 
 Several hosts (one process per host, every process runs the same command plus --distributed):
-  Cloud TPU pod:       ... --workdir=gs://BUCKET/run --distributed
-                       (jax.distributed detects the workers; also on SLURM and Open MPI)
-  other CPU/GPU hosts: ... --distributed --coordinator_address=HOST0:PORT --num_processes=N --process_id=I
+  - Cloud TPU pod: ... --workdir=gs://BUCKET/run --distributed (jax.distributed detects the workers;
+    also on SLURM and Open MPI)
+  - other CPU/GPU hosts: ... --distributed --coordinator_address=HOST0:PORT --num_processes=N --process_id=I
 The workdir must be storage that every host sees: gs://..., or a shared file system
 (NFS) mounted at the same path everywhere, declared with --workdir_is_shared.
 
@@ -26,8 +26,8 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); ove
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics.jsonl, TensorBoard, result.json.")
 flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize): every process passes "
-                  "it. Cloud TPU pods, SLURM and Open MPI need nothing else; other clusters also give the three flags "
-                  "below.")
+                  "it. Cloud TPU pods, SLURM and Open MPI need nothing else; other clusters also give "
+                  "--coordinator_address, --num_processes and --process_id.")
 flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0, reachable from every "
                     "process.")
 flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
@@ -143,6 +143,7 @@ def main(argv):
     except KeyboardInterrupt:
         if FLAGS.debug:
             raise
+        sys.unraisablehook = lambda unraisable: None  # what the interrupt left half-built fails when collected
         fail(f"interrupted; {resume_hint(workdir)}")
     except Exception as error:  # noqa: BLE001 - only a full disk is turned into a message; the rest re-raises
         full = disk_full(error)

@@ -3,8 +3,8 @@
 Only process 0 prints and writes. Each record is one strict-JSON line {"kind", "step", "wall_time",
 ...} (non-finite numbers are written as null) and the same scalars as TensorBoard event files
 under <workdir>/tensorboard, written without TensorFlow (tensorboardX). On resume the records
-after the checkpoint are dropped and TensorBoard is told to purge them, so every step, epoch and
-test appears exactly once however often the run was interrupted.
+after the checkpoint (all of them, if there is none yet) are dropped and TensorBoard is told to
+purge them, so every step, epoch and test appears exactly once however often the run was interrupted.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ class RunLog:
         self._events = None
         if not enabled:
             return
-        if resume is not None:
-            self._truncate(*resume)
-        self._events = EventFile(str(run_dir.file(TENSORBOARD_DIR)), None if resume is None else resume[0] + 1)
+        step, epoch = resume or (0, 1)  # a new run drops what one stopped before its first checkpoint wrote
+        self._truncate(step, epoch)
+        self._events = EventFile(str(run_dir.file(TENSORBOARD_DIR)), step + 1)
 
     def _truncate(self, step: int, epoch: int) -> None:
         """Keep what the checkpoint at (step, epoch) has done: training records up to its step and the

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A demo run of seconds: 25 steps per epoch, 2 epochs, a checkpoint every 10 steps.
 TINY_DEMO = {"data.image_size": 32, "model.width": 8, "train.num_epochs": 2, "train.batch_size": 64,
@@ -52,3 +54,23 @@ def interrupt_after(monkeypatch, num_batches):
             yield item
 
     monkeypatch.setattr(sharding, "prefetch_to_device", prefetch)
+
+
+def random_variables(model, image_size=32, seed=0):
+    """He-normal weights and neutral BatchNorm from numpy: model.init's RNG kernels take long to compile."""
+    import jax
+    import jax.numpy as jnp
+
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.uint8))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = path[-1].key
+        if name in ("scale", "var"):
+            return np.ones(leaf.shape, np.float32)
+        if name == "mean":
+            return np.zeros(leaf.shape, np.float32)
+        std = 0.5 if name == "bias" else np.sqrt(2 / np.prod(leaf.shape[:-1]))
+        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_variables
 
 from bridgegap_jax import cam_figures, cam_stats, configuration, explain, sharding
 from bridgegap_jax.checkpoint import RunCheckpoints
@@ -18,23 +18,6 @@ from bridgegap_jax.rundir import CONFIG_FILE, RunDir
 from bridgegap_jax.models import CAMClassifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def random_variables(model, image_size=32, seed=0):
-    """He-normal weights and neutral BatchNorm from numpy: model.init's RNG kernels take long to compile."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.uint8))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name in ("scale", "var"):
-            return np.ones(leaf.shape, np.float32)
-        if name == "mean":
-            return np.zeros(leaf.shape, np.float32)
-        std = 0.5 if name == "bias" else np.sqrt(2 / np.prod(leaf.shape[:-1]))
-        return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def make_run(workdir, config, seed=0, num_classes=10, checkpoint=True):
@@ -212,13 +195,20 @@ def test_bad_run_flags():
 
 def test_command_line_error_is_one_clear_line(tmp_path):
     missing = str(tmp_path / "nothing")
-    done = subprocess.run(
-        [sys.executable, "-m", "bridgegap_jax.explain", f"--run=full={missing}", f"--run=an={missing}", f"--out={tmp_path}"],
+    done = subprocess.run(  # --out is optional
+        [sys.executable, "-m", "bridgegap_jax.explain", f"--run=full={missing}", f"--run=an={missing}"],
         cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert f"workdir {missing} does not exist" in done.stderr.strip().splitlines()[-1]
+
+
+def test_the_default_out_is_a_new_folder_that_git_ignores():
+    out = explain.default_out()
+    assert os.path.dirname(out) == "explain" and not os.path.exists(os.path.join(ROOT, out))
+    with open(os.path.join(ROOT, ".gitignore")) as f:
+        assert "/explain/" in f.read().split()
 
 
 def test_relative_workdirs_are_read(tmp_path, tiny_config, monkeypatch):

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,7 @@ from bridgegap_jax.run_log import RunLog
 
 
 def tiny(config, **fields):
-    """The tiny demo of helpers.TINY_DEMO on `config` (plus `fields`, '__' for '.')."""
+    """`config` with helpers.TINY_DEMO and `fields` ('__' for '.') set."""
     for key, value in {**TINY_DEMO, **{k.replace("__", "."): v for k, v in fields.items()}}.items():
         section, name = key.split(".")
         config[section][name] = value
@@ -201,24 +200,7 @@ def test_a_refused_config_is_one_line_from_the_command(demo_data_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# --- 7. tracebacks that are now one line -------------------------------------------------------
-def test_ctrl_c_is_one_line_that_says_how_to_resume(demo_data_dir, tmp_path):
-    workdir = tmp_path / "run"
-    command = [sys.executable, "-m", "bridgegap_jax.main", *demo_flags(workdir, demo_data_dir, data__workers=2)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    for line in process.stdout:
-        if line.startswith("epoch 1/2 step 15/25"):  # after the checkpoint at step 10
-            os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group, workers included
-            break
-    out, err = process.communicate(timeout=120)
-    done = subprocess.CompletedProcess(command, process.returncode, out, err)
-    message = one_line_error(done)
-    assert message.startswith("error: interrupted; rerun the same command to resume ")
-    assert message.endswith("from its checkpoint at step 10")
-    assert not (workdir / rundir.LOCK_FILE).exists()
-
-
+# --- 7. tracebacks that are now one line (Ctrl-C: tests/test_console.py) ----------------------
 def test_a_full_disk_is_one_line(demo_data_dir, tmp_path):
     done = run(os.path.join("tests", "fault_driver.py"), "disk-full", "20", *demo_flags(tmp_path / "run", demo_data_dir))
     message = one_line_error(done)

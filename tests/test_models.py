@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_variables
 
 from bridgegap_jax.models import CAMClassifier, ResNetTrunk, boost_lu
 
@@ -29,8 +30,7 @@ def test_cam_shape_at_448():
 def tiny():
     model = CAMClassifier(num_classes=5, depth=18, width=8, alpha=1.0)
     images = jax.random.randint(jax.random.key(1), (3, 64, 64, 3), 0, 256).astype(jnp.uint8)
-    variables = model.init(jax.random.key(0), images)
-    return model, variables, images
+    return model, random_variables(model, image_size=64), images
 
 
 def test_alpha_one_is_global_average_pool_then_linear(tiny):

@@ -47,7 +47,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path,
     tiny_config.loss.delta_rel = 0.02  # a few corrections per batch, so their state is exercised
     whole = trainer.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
 
-    interrupt_after(monkeypatch, 100 + 40)  # epoch 2, step 40; the latest checkpoint is at step 25
+    interrupt_after(monkeypatch, 25 + 15)  # epoch 2, step 15; the latest checkpoint is at step 35
     with pytest.raises(Interrupted):
         trainer.train_and_evaluate(tiny_config, str(tmp_path / "split"))
     monkeypatch.undo()

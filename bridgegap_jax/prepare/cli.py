@@ -1,4 +1,4 @@
-"""Prepare a dataset once from its official downloads into a tfds folder that training reads.
+r"""Prepare a dataset once from its official downloads into a tfds folder that training reads.
 
     python -m bridgegap_jax.prepare <voc|coco|cub|nuswide|openimages> \
         --source=<downloads> --data_dir=<tfds data_dir> [--workers=N] [--overwrite]

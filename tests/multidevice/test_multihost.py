@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 DRIVER = os.path.join(HERE, "multihost_driver.py")
 STEPS_PER_EPOCH = 6
 OVERRIDES = {  # on top of configs/demo.py; the same for the 2-process and the 1-process run
-    "data.image_size": 32, "model.width": 8, "train.num_epochs": 2, "train.log_every_steps": 1000,
+    "data.image_size": 32, "model.width": 8, "train.num_epochs": 2, "train.batch_size": 16, "train.log_every_steps": 1000,
     "train.checkpoint_every_steps": 4, "loss.scheme": "LL-Cp", "loss.delta_rel": 0.02, "data.workers": 0,
 }
 
@@ -48,9 +48,7 @@ def start_two_processes(workdir, data_dir, crash_after: int):
     """Start both processes of one run; finish() waits for them: (return codes, outputs)."""
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-        # The restarted run reuses the crashed run's compiled programs: a faster test.
-        JAX_COMPILATION_CACHE_DIR=workdir + ".jax_cache", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    )
+    )  # the session's compilation cache (conftest): the restarted run reuses the crashed run's programs
     flags = [
         "--config=configs/demo.py", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
         *[f"--config.{key}={value}" for key, value in OVERRIDES.items()],

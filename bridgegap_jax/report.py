@@ -1,0 +1,210 @@
+"""Compare runs in one markdown table: python -m bridgegap_jax.report runs/*
+
+One row per workdir: the config fields that differ between the runs (dotted names), the best
+epoch, validation and test mAP (and OpenImages' frequency groups), the wall time and whether the
+run has finished; the fields all runs share are listed once under the table. With --seeds, runs
+that differ only in `seed` make one row of mean ± sample std over their finished runs (n shown).
+Reads local and gs:// workdirs alike, without importing JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+
+from bridgegap_jax.errors import UserError
+from bridgegap_jax.rundir import CONFIG_FILE, METRICS_FILE, RunDir
+
+SEED = "seed"
+MISSING = "-"  # a field that a run's config does not have (made by another version)
+
+
+class ReportError(UserError, ValueError):
+    """A path that is not a readable workdir; the message names it."""
+
+
+@dataclasses.dataclass
+class Run:
+    workdir: str
+    config: dict  # dotted field name -> value
+    scores: dict  # 'val mAP', 'test mAP', 'group1'.. -> value in percent: those known so far
+    best_epoch: int | None
+    wall_time_s: float | None
+    status: str  # 'finished', 'unfinished, epoch E/N' or 'not started'
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def read_records(run_dir: RunDir) -> list[dict]:
+    path = run_dir.file(METRICS_FILE)
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut by a crash
+            continue
+    return records
+
+
+def load_run(workdir: str) -> Run:
+    """A finished run from its result.json; an unfinished one from its validations so far."""
+    run_dir = RunDir(workdir)
+    if not run_dir.path.is_dir():
+        raise ReportError(f"{workdir} does not exist")
+    try:
+        config, result = run_dir.stored_config(), run_dir.result()
+    except ValueError as error:
+        raise ReportError(f"{workdir}: a JSON file is damaged ({error})") from None
+    if config is None:
+        raise ReportError(f"{workdir} is not a workdir of bridgegap_jax.main: it has no {CONFIG_FILE}")
+    config = flatten(config)
+    if result is not None:
+        scores = {"val mAP": result["best_val_map"], "test mAP": result["test_map"],
+                  **result.get("test_groups", {})}
+        return Run(workdir, config, scores, result["best_epoch"], result.get("wall_time_s"), "finished")
+    records = read_records(run_dir)
+    if not records:
+        return Run(workdir, config, {}, None, None, "not started")
+    epoch = max(record.get("epoch", 0) for record in records)
+    status = f"unfinished, epoch {epoch}/{config.get('train.num_epochs', '?')}"
+    validations = [r for r in records if r.get("kind") == "validation" and r.get("map") is not None]
+    if not validations:
+        return Run(workdir, config, {}, None, None, status)
+    best = max(validations, key=lambda r: r["map"])  # the first of equal ones, as the trainer keeps them
+    return Run(workdir, config, {"val mAP": best["map"]}, best["epoch"], None, status)
+
+
+def split_fields(configs: list[dict]) -> tuple[list[str], dict]:
+    """The dotted names whose values differ between the configs, and the fields common to all."""
+    names = sorted({name for config in configs for name in config})
+    common = {name: configs[0][name] for name in names
+              if all(name in c and c[name] == configs[0][name] for c in configs)}
+    return [name for name in names if name not in common], common
+
+
+def value_text(value) -> str:
+    return ("''" if value == "" else str(value)).replace("|", "\\|")
+
+
+def config_cells(config: dict, fields: list[str]) -> list[str]:
+    return [value_text(config[field]) if field in config else MISSING for field in fields]
+
+
+def hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def score_names(runs: list[Run]) -> list[str]:
+    groups = sorted({name for run in runs for name in run.scores if name.startswith("group")})
+    return ["val mAP", "test mAP"] + groups
+
+
+def markdown(header: list[str], rows: list[list[str]], numeric: set[str]) -> str:
+    """A markdown table, padded so that it also reads in a terminal; `numeric` columns right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if h in numeric else c.ljust(w)
+                                 for c, w, h in zip(cells, widths, header)) + " |"
+
+    def rule(width, name):  # '---:' right-aligns a column
+        return "-" * (width + 1) + (":" if name in numeric else "-")
+
+    rules = "|" + "|".join(rule(w, h) for w, h in zip(widths, header)) + "|"
+    return "\n".join([line(header), rules] + [line(row) for row in rows])
+
+
+def with_common(table: str, common: dict) -> str:
+    """The table, and under it the fields all its runs share."""
+    if not common:
+        return table
+    return table + "\n\ncommon: " + ", ".join(f"{name}={value_text(value)}" for name, value in common.items())
+
+
+def run_table(runs: list[Run]) -> str:
+    """One row per run."""
+    fields, common = split_fields([run.config for run in runs])
+    scores = score_names(runs)
+    header = ["run"] + fields + ["best epoch"] + scores + ["wall time", "status"]
+    rows = []
+    for run in runs:
+        rows.append([run.workdir] + config_cells(run.config, fields)
+                    + ["" if run.best_epoch is None else str(run.best_epoch)]
+                    + [f"{run.scores[s]:.2f}" if s in run.scores else "" for s in scores]
+                    + ["" if run.wall_time_s is None else hms(run.wall_time_s), run.status])
+    return with_common(markdown(header, rows, {"best epoch", "wall time", *scores}), common)
+
+
+def without_seed(config: dict) -> dict:
+    return {name: value for name, value in config.items() if name != SEED}
+
+
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs whose configs are equal but for the seed, in the order of their first run."""
+    groups = {}
+    for run in runs:
+        groups.setdefault(json.dumps(without_seed(run.config), sort_keys=True, default=str), []).append(run)
+    return list(groups.values())
+
+
+def seed_table(runs: list[Run]) -> str:
+    """One row per group of seeds: mean ± sample std of the scores of its finished runs."""
+    groups = seed_groups(runs)
+    fields, common = split_fields([without_seed(group[0].config) for group in groups])
+    scores = score_names(runs)
+    header = fields + ["seeds", "n"] + scores + ["status"]
+    rows = []
+    for group in groups:
+        config, done = group[0].config, [run for run in group if run.finished]
+        unfinished = [f"{run.workdir}: {run.status}" for run in group if not run.finished]
+        rows.append(config_cells(config, fields)
+                    + [",".join(value_text(run.config.get(SEED, MISSING)) for run in group), str(len(done))]
+                    + [mean_std([run.scores[s] for run in done if s in run.scores]) for s in scores]
+                    + ["; ".join(unfinished) or "finished"])
+    return with_common(markdown(header, rows, {"n", *scores}), common)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workdirs", nargs="+", help="workdirs of bridgegap_jax.main (local or gs://)")
+    parser.add_argument("--seeds", action="store_true",
+                        help="a row per group of runs that differ only in seed: mean ± sample std over its n "
+                             "finished runs")
+    args = parser.parse_args(argv)
+    try:
+        runs = [load_run(workdir) for workdir in args.workdirs]
+    except (UserError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    print(seed_table(runs) if args.seeds else run_table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
