@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bridgegap_jax import xla_options
+
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); override fields with --config.a.b=value.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics.jsonl, result.json.")
 flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize): every process passes it. "
@@ -57,6 +59,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
     FLAGS = flags.FLAGS
+    xla_options.apply(FLAGS.config.xla_options)  # before any device use: XLA reads its flags once
     initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     check_shared_workdir(FLAGS.workdir, FLAGS.workdir_is_shared)
     from bridgegap_jax import train  # after flag parsing: --help stays fast

@@ -20,7 +20,7 @@ pytest.importorskip("torchvision", reason="torchvision is a test extra; parity t
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bridgegap_jax import losses, torch_reference, train  # noqa: E402
+from bridgegap_jax import schemes, steps, torch_reference  # noqa: E402
 from bridgegap_jax.models import CAMClassifier, ResNetTrunk  # noqa: E402
 
 torch.set_num_threads(2)
@@ -95,8 +95,11 @@ def test_converted_trunk_equals_torchvision_eval(trunk_pair, size, batch):
     assert diff <= 1e-3 * scale
 
 
-def test_key_map_and_paddings_exact_in_float64():
-    """ResNet-50 at 224 in float64 on both sides: equal to 1e-9 (no float32 noise left to hide a slip)."""
+@pytest.mark.parametrize("options", [{}, {"batch_norm": "fused", "max_pool": "strided", "stem": "space_to_depth"}],
+                         ids=["default layers", "speed options"])
+def test_key_map_and_paddings_exact_in_float64(options):
+    """ResNet-50 at 224 in float64 on both sides: equal to 1e-9 (no float32 noise left to hide a slip);
+    also with the speed options, which compute the same function."""
     depth = 50
     torch.manual_seed(0)
     resnet = torch_reference.TORCHVISION_RESNETS[depth](weights=None)
@@ -108,7 +111,7 @@ def test_key_map_and_paddings_exact_in_float64():
     x = np.random.RandomState(0).randn(1, 3, 224, 224)
     expected = torch_trunk_features(resnet.double(), torch.from_numpy(x))
     with jax.enable_x64(True):
-        got = np.asarray(jax.jit(lambda v, x: ResNetTrunk(depth, dtype=jnp.float64).apply(v, x, train=False))(
+        got = np.asarray(jax.jit(lambda v, x: ResNetTrunk(depth, dtype=jnp.float64, **options).apply(v, x, train=False))(
             variables, x.transpose(0, 2, 3, 1)))
     assert got.dtype == np.float64
     diff = np.abs(got - expected).max()
@@ -120,7 +123,7 @@ def test_key_map_and_paddings_exact_in_float64():
 # One training step
 # ----------------------------------------------------------------------------------------------
 def adam_first_moments(opt_state, params):
-    """The Adam mu of every param out of train.make_optimizer's multi_transform state."""
+    """The Adam mu of every param out of steps.make_optimizer's multi_transform state."""
     mus = {}
     for label, inner in opt_state.inner_states.items():
         adam = [s for s in jax.tree.leaves(inner, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu")][0]
@@ -132,8 +135,12 @@ def relative(a, b):
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / max(np.abs(np.asarray(b)).max(), 1e-30))
 
 
-def test_training_step_equals_pytorch_reference():
-    """ResNet-18, 64x64, batch 4, 80 classes, alpha 5, LL-R at epoch 3 (k = 4), train-mode BN.
+@pytest.mark.parametrize("options", [{}, {"batch_norm": "fused", "max_pool": "strided"}],
+                         ids=["default layers", "fused batch_norm, strided max_pool"])
+def test_training_step_equals_pytorch_reference(options):
+    """ResNet-18, 64x64, batch 4, 80 classes, alpha 5, LL-R at epoch 3 (k = 4), train-mode BN; with
+    the default layers and with the speed options that keep every sum in the same order (the
+    space_to_depth stem regroups the stem's sums: float64 test above and tests/test_layers.py).
 
     Why ResNet-18: a randomly initialised ResNet-50 in train mode at a CPU-sized resolution has
     gradients so ill-conditioned that the PyTorch reference itself moves its trunk gradients by up
@@ -152,16 +159,17 @@ def test_training_step_equals_pytorch_reference():
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     observed = np.zeros((batch, num_classes), np.int8)
     observed[np.arange(batch), rng.integers(0, num_classes, batch)] = 1  # single positive; 0 = unobserved
-    k = losses.num_large_losses("LL-R", 3, batch, num_classes, losses.DEFAULT_DELTA_REL["LL-R"])
+    scheme = schemes.create("LL-R")
+    k = scheme.num_large_losses(3, batch, num_classes)
     assert k == 4
 
     # Flax: the training code's own model, optimizer and step.
     config = __import__("configs.base", fromlist=["get_config"]).get_config()
-    model = CAMClassifier(num_classes=num_classes, depth=depth, alpha=alpha)
-    tx = train.make_optimizer(config)
+    model = CAMClassifier(num_classes=num_classes, depth=depth, alpha=alpha, **options)
+    tx = steps.make_optimizer(config.train.lr, config.train.head_lr_mult)
     params = jax.tree.map(jnp.asarray, variables["params"])
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params))
-    step = jax.jit(lambda s, x, y, k: train.train_step(s, x, y, k, model=model, tx=tx, scheme="LL-R", unobserved_value=0))
+    state = steps.TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params))
+    step = jax.jit(lambda s, x, y, k: steps.train_step(s, x, y, k, model=model, tx=tx, loss_fn=scheme.loss))
     new_state, metrics, selected = step(state, jnp.asarray(images), jnp.asarray(observed), jnp.asarray(k, jnp.int32))
     flax_grads = jax.tree.map(lambda mu: mu / 0.1, adam_first_moments(new_state.opt_state, params))  # mu = (1 - b1) g
 
