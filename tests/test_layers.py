@@ -4,7 +4,6 @@ values), same forward and backward up to float32 rounding, same batch-statistics
 import functools
 
 import flax.linen as nn
-
 import jax
 import jax.numpy as jnp
 import numpy as np
