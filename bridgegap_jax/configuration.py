@@ -16,7 +16,7 @@ import ml_collections
 from bridgegap_jax import images, input_pipeline, schemes, steps
 from bridgegap_jax.errors import UserError
 from bridgegap_jax.datasets import catalog, masks
-from bridgegap_jax.models import RESNET_STAGES
+from bridgegap_jax.models import BATCH_NORMS, MAX_POOLS, RESNET_STAGES, STEMS
 
 NONFINITE_POLICIES = ("stop", "skip")
 LR_DECAYS = ("none", "cosine")
@@ -65,6 +65,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     _require(_is_number(model.alpha) and model.alpha > 0, "model.alpha", model.alpha,
              "must be > 0 (BoostLU's factor on positive CAM cells; 1 = no boost)")
     _require(model.dtype in steps.DTYPES, "model.dtype", model.dtype, f"must be one of {', '.join(steps.DTYPES)}")
+    _require(model.head_dtype in steps.DTYPES, "model.head_dtype", model.head_dtype,
+             f"must be one of {', '.join(steps.DTYPES)}")
+    for field, allowed in (("batch_norm", BATCH_NORMS), ("max_pool", MAX_POOLS), ("stem", STEMS)):
+        _require(model[field] in allowed, f"model.{field}", model[field], f"must be one of {', '.join(allowed)}")
     _require(isinstance(model.pretrained, str), "model.pretrained", model.pretrained,
              "must be a converted trunk's folder, or '' to train from scratch")
     _require(loss.scheme in schemes.REGISTRY, "loss.scheme", loss.scheme, f"must be one of {', '.join(schemes.REGISTRY)}")
@@ -101,7 +105,8 @@ def check_with(config: ml_collections.ConfigDict, dataset: catalog.Dataset, num_
 
 def model(config: ml_collections.ConfigDict, num_classes: int):
     m = config.model
-    return steps.make_model(num_classes, depth=m.depth, width=m.width, alpha=m.alpha, dtype=m.dtype)
+    return steps.make_model(num_classes, depth=m.depth, width=m.width, alpha=m.alpha, dtype=m.dtype,
+                            batch_norm=m.batch_norm, max_pool=m.max_pool, stem=m.stem, head_dtype=m.head_dtype)
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):

@@ -35,6 +35,8 @@ flags.DEFINE_integer("process_id", None, "With --distributed: this process's id,
 flags.DEFINE_bool("workdir_is_shared", False, "A multi-process run may use a local --workdir path: it is a shared "
                   "file system (NFS) that every process sees at that path.")
 flags.DEFINE_bool("verbose", False, "Also show what the libraries log (orbax, grain, absl) and their warnings.")
+flags.DEFINE_string("xla_options", "", "Comma-separated XLA GPU compiler presets (bridgegap_jax/xla_options.py: "
+                    "conv-fusion, nhwc, exhaustive); speed only, so not part of the run's config.")
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of its one-line message.")
 
 EXIT_USER_ERROR = 2
@@ -131,6 +133,7 @@ def main(argv):
 
     workdir = FLAGS.workdir
     try:
+        xla_options.apply(FLAGS.xla_options)  # before any device use: XLA reads its flags once
         initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
         check_shared_workdir(workdir, FLAGS.workdir_is_shared)
         from bridgegap_jax import trainer  # after flag parsing: --help stays fast

@@ -4,8 +4,12 @@
 uint8: a quarter of the bytes and no float work in the input pipeline), runs the trunk, and
 returns (logits, cam): `cam` is the raw class activation map (B, H', W', C) and
 `logits = mean_hw(boost_lu(cam, alpha))`. Head, BoostLU and pooling run in float32 whatever the
-trunk's compute dtype. Parameter names follow torchvision's modules (conv1, bn1, layer1_0, ...),
-so weight conversion is a plain key map.
+trunk's compute dtype (the head's matmul operands in `head_dtype`). Parameter names follow
+torchvision's modules (conv1, bn1, layer1_0, ...), so weight conversion is a plain key map.
+
+Speed options (`layers.py`; defaults are the plain Flax layers): `batch_norm='fused'`,
+`max_pool='strided'`, `stem='space_to_depth'`, `head_dtype=bfloat16`. Each computes the same
+function up to float rounding and keeps every variable's name and shape.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+
+from bridgegap_jax import layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +34,11 @@ RESNET_STAGES = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
+
+# Speed options: the first of each is the default (plain Flax layers).
+BATCH_NORMS = ("flax", "fused")  # fused: BN + residual add + ReLU in one op with its own backward
+MAX_POOLS = ("reduce_window", "strided")  # strided: max of 9 strided slices, no select-and-scatter
+STEMS = ("conv", "space_to_depth")  # space_to_depth: the 7x7/2 stem conv as 4x4/1 on 2x2 blocks
 
 
 def boost_lu(cam: jax.Array, alpha: float) -> jax.Array:
@@ -46,7 +58,7 @@ def _pad(p: int):
     return ((p, p), (p, p))
 
 
-def conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
+def conv(features: int, kernel: int, stride: int, name: str, dtype, conv_general_dilated=None) -> nn.Conv:
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -56,6 +68,7 @@ def conv(features: int, kernel: int, stride: int, name: str, dtype) -> nn.Conv:
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
@@ -69,6 +82,18 @@ def batch_norm(train: bool, name: str, dtype) -> nn.BatchNorm:
         param_dtype=jnp.float32,
         name=name,
     )
+
+
+def norm_act(y, train: bool, name: str, dtype, kind: str, residual=None, relu: bool = True):
+    """relu(residual + bn(y)), the residual and the ReLU optional; `kind` is one of BATCH_NORMS:
+    "fused" is one op with its own backward, "flax" is nn.BatchNorm, add and nn.relu."""
+    if kind == "fused":
+        norm = layers.BatchNorm(not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+        return norm(y, residual, relu)
+    y = batch_norm(train, name, dtype)(y)
+    if residual is not None:
+        y = residual + y
+    return nn.relu(y) if relu else y
 
 
 def _torch_bias_init(fan_in: int):
@@ -85,17 +110,17 @@ class BasicBlock(nn.Module):
     features: int
     stride: int
     dtype: Any
+    batch_norm: str = "flax"
 
     @nn.compact
     def __call__(self, x, train: bool):
         y = conv(self.features, 3, self.stride, "conv1", self.dtype)(x)
-        y = nn.relu(batch_norm(train, "bn1", self.dtype)(y))
+        y = norm_act(y, train, "bn1", self.dtype, self.batch_norm)
         y = conv(self.features, 3, 1, "conv2", self.dtype)(y)
-        y = batch_norm(train, "bn2", self.dtype)(y)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = conv(self.features, 1, self.stride, "downsample_conv", self.dtype)(x)
-            x = batch_norm(train, "downsample_bn", self.dtype)(x)
-        return nn.relu(x + y)
+            x = norm_act(x, train, "downsample_bn", self.dtype, self.batch_norm, relu=False)
+        return norm_act(y, train, "bn2", self.dtype, self.batch_norm, residual=x)
 
 
 class Bottleneck(nn.Module):
@@ -104,21 +129,21 @@ class Bottleneck(nn.Module):
     features: int
     stride: int
     dtype: Any
+    batch_norm: str = "flax"
     expansion: int = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
         out = self.features * self.expansion
         y = conv(self.features, 1, 1, "conv1", self.dtype)(x)
-        y = nn.relu(batch_norm(train, "bn1", self.dtype)(y))
+        y = norm_act(y, train, "bn1", self.dtype, self.batch_norm)
         y = conv(self.features, 3, self.stride, "conv2", self.dtype)(y)
-        y = nn.relu(batch_norm(train, "bn2", self.dtype)(y))
+        y = norm_act(y, train, "bn2", self.dtype, self.batch_norm)
         y = conv(out, 1, 1, "conv3", self.dtype)(y)
-        y = batch_norm(train, "bn3", self.dtype)(y)
         if self.stride != 1 or x.shape[-1] != out:
             x = conv(out, 1, self.stride, "downsample_conv", self.dtype)(x)
-            x = batch_norm(train, "downsample_bn", self.dtype)(x)
-        return nn.relu(x + y)
+            x = norm_act(x, train, "downsample_bn", self.dtype, self.batch_norm, relu=False)
+        return norm_act(y, train, "bn3", self.dtype, self.batch_norm, residual=x)
 
 
 class ResNetTrunk(nn.Module):
@@ -127,21 +152,32 @@ class ResNetTrunk(nn.Module):
     depth: int = 50
     width: int = 64  # channels of the stem; 64 is torchvision, smaller only for tiny demos and tests
     dtype: Any = jnp.float32
+    batch_norm: str = "flax"  # BATCH_NORMS
+    max_pool: str = "reduce_window"  # MAX_POOLS
+    stem: str = "conv"  # STEMS
 
     @nn.compact
     def __call__(self, x, train: bool):
         if self.depth not in RESNET_STAGES:
             raise ValueError(f"model.depth={self.depth} is not one of {sorted(RESNET_STAGES)}")
+        for field, allowed in (("batch_norm", BATCH_NORMS), ("max_pool", MAX_POOLS), ("stem", STEMS)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {', '.join(allowed)}")
         kind, stages = RESNET_STAGES[self.depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         x = x.astype(self.dtype)
-        x = conv(self.width, 7, 2, "conv1", self.dtype)(x)
-        x = nn.relu(batch_norm(train, "bn1", self.dtype)(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))  # pads with -inf, as PyTorch
+        stem_conv = layers.space_to_depth_conv if self.stem == "space_to_depth" else None
+        x = conv(self.width, 7, 2, "conv1", self.dtype, stem_conv)(x)
+        x = norm_act(x, train, "bn1", self.dtype, self.batch_norm)
+        if self.max_pool == "strided":
+            x = layers.max_pool_3x3_s2(x)
+        else:
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))  # pads with -inf, as PyTorch
         for stage, num_blocks in enumerate(stages):
             for i in range(num_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1
-                x = block(self.width * 2**stage, stride, self.dtype, name=f"layer{stage + 1}_{i}")(x, train)
+                name = f"layer{stage + 1}_{i}"
+                x = block(self.width * 2**stage, stride, self.dtype, self.batch_norm, name=name)(x, train)
         return x
 
 
@@ -153,17 +189,29 @@ class CAMClassifier(nn.Module):
     width: int = 64
     alpha: float = 5.0  # BoostLU factor; 1.0 is the plain AN / LL model (GAP then linear)
     dtype: Any = jnp.float32  # trunk compute dtype; parameters are always float32
+    batch_norm: str = "flax"
+    max_pool: str = "reduce_window"
+    stem: str = "conv"
+    head_dtype: Any = jnp.float32  # the head's matmul operands; it accumulates and outputs float32
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        features = ResNetTrunk(self.depth, self.width, self.dtype, name="trunk")(normalize_images(images), train)
+        trunk = ResNetTrunk(self.depth, self.width, self.dtype, self.batch_norm, self.max_pool, self.stem,
+                            name="trunk")
+        features = trunk(normalize_images(images), train)
+        if jnp.dtype(self.head_dtype) == jnp.float32:
+            promote, head_conv, features = promote_dtype, None, features.astype(jnp.float32)
+        else:
+            promote, head_conv = layers.float32_accumulating(self.head_dtype)
         cam = nn.Conv(
             self.num_classes,
             (1, 1),
             dtype=jnp.float32,
             kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
             bias_init=_torch_bias_init(features.shape[-1]),
+            promote_dtype=promote,
+            conv_general_dilated=head_conv,
             name="head",
-        )(features.astype(jnp.float32))
+        )(features)
         logits = jnp.mean(boost_lu(cam, self.alpha), axis=(1, 2))
         return logits, cam

@@ -29,6 +29,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.width = 64
     config.model.alpha = 5.0  # BoostLU; 1.0 = plain AN / LL
     config.model.dtype = "float32"  # trunk compute: float32 | bfloat16 (parameters stay float32)
+    # Speed options (bridgegap_jax/layers.py): the same function up to float rounding, same variables.
+    config.model.batch_norm = "flax"  # flax | fused (BN + residual add + ReLU as one op, own backward)
+    config.model.max_pool = "reduce_window"  # reduce_window | strided (no select-and-scatter backward)
+    config.model.stem = "conv"  # conv | space_to_depth (the 7x7/2 stem conv as 4x4/1 on 2x2 blocks)
+    config.model.head_dtype = "float32"  # CAM head matmul operands: float32 | bfloat16 (float32 sums)
     # ImageNet trunk converted once by `python -m bridgegap_jax.pretrained` ('' = random init).
     config.model.pretrained = "~/bridgegap_weights/resnet50_v1"
 

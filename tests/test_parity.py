@@ -95,8 +95,11 @@ def test_converted_trunk_equals_torchvision_eval(trunk_pair, size, batch):
     assert diff <= 1e-3 * scale
 
 
-def test_key_map_and_paddings_exact_in_float64():
-    """ResNet-50 at 224 in float64 on both sides: equal to 1e-9 (no float32 noise left to hide a slip)."""
+@pytest.mark.parametrize("options", [{}, {"batch_norm": "fused", "max_pool": "strided", "stem": "space_to_depth"}],
+                         ids=["default layers", "speed options"])
+def test_key_map_and_paddings_exact_in_float64(options):
+    """ResNet-50 at 224 in float64 on both sides: equal to 1e-9 (no float32 noise left to hide a slip);
+    also with the speed options, which compute the same function."""
     depth = 50
     torch.manual_seed(0)
     resnet = torch_reference.TORCHVISION_RESNETS[depth](weights=None)
@@ -108,7 +111,7 @@ def test_key_map_and_paddings_exact_in_float64():
     x = np.random.RandomState(0).randn(1, 3, 224, 224)
     expected = torch_trunk_features(resnet.double(), torch.from_numpy(x))
     with jax.enable_x64(True):
-        got = np.asarray(jax.jit(lambda v, x: ResNetTrunk(depth, dtype=jnp.float64).apply(v, x, train=False))(
+        got = np.asarray(jax.jit(lambda v, x: ResNetTrunk(depth, dtype=jnp.float64, **options).apply(v, x, train=False))(
             variables, x.transpose(0, 2, 3, 1)))
     assert got.dtype == np.float64
     diff = np.abs(got - expected).max()
@@ -132,8 +135,12 @@ def relative(a, b):
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / max(np.abs(np.asarray(b)).max(), 1e-30))
 
 
-def test_training_step_equals_pytorch_reference():
-    """ResNet-18, 64x64, batch 4, 80 classes, alpha 5, LL-R at epoch 3 (k = 4), train-mode BN.
+@pytest.mark.parametrize("options", [{}, {"batch_norm": "fused", "max_pool": "strided"}],
+                         ids=["default layers", "fused batch_norm, strided max_pool"])
+def test_training_step_equals_pytorch_reference(options):
+    """ResNet-18, 64x64, batch 4, 80 classes, alpha 5, LL-R at epoch 3 (k = 4), train-mode BN; with
+    the default layers and with the speed options that keep every sum in the same order (the
+    space_to_depth stem regroups the stem's sums: float64 test above and tests/test_layers.py).
 
     Why ResNet-18: a randomly initialised ResNet-50 in train mode at a CPU-sized resolution has
     gradients so ill-conditioned that the PyTorch reference itself moves its trunk gradients by up
@@ -158,7 +165,7 @@ def test_training_step_equals_pytorch_reference():
 
     # Flax: the training code's own model, optimizer and step.
     config = __import__("configs.base", fromlist=["get_config"]).get_config()
-    model = CAMClassifier(num_classes=num_classes, depth=depth, alpha=alpha)
+    model = CAMClassifier(num_classes=num_classes, depth=depth, alpha=alpha, **options)
     tx = steps.make_optimizer(config.train.lr, config.train.head_lr_mult)
     params = jax.tree.map(jnp.asarray, variables["params"])
     zero = jnp.zeros((), jnp.int32)

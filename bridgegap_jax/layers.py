@@ -1,0 +1,240 @@
+"""Faster forms of the trunk's memory-bound layers, each equal to the plain one up to float rounding.
+
+The default model uses `nn.BatchNorm`, `nn.max_pool` and plain convolutions; the options here are
+opt-in (model fields `batch_norm`, `max_pool`, `stem`, `head_dtype`) until a GPU measurement shows
+they win. None of them changes a parameter or batch-statistics name or shape, so checkpoints and
+converted ImageNet weights load either way.
+
+- `BatchNorm`: nn.BatchNorm's variables and arithmetic (one-pass float32 statistics
+  E[x], E[x^2]), with the residual add and the ReLU that follow it in the same expression
+  (rounded to bf16 once, not after each), and in training a backward written out as two passes:
+  one two-output reduction over (dy, x) with the ReLU mask applied, then one elementwise pass that
+  gives both dx and the residual's gradient. Autodiff of the three ops leaves XLA to find that.
+- `max_pool_3x3_s2`: the stem's max-pool as the maximum of 9 strided slices; its backward is
+  elementwise selects and pads instead of select-and-scatter, with the same first-maximum rule.
+- `space_to_depth_conv`: the 7x7 stride-2 stem conv on 3 channels as a 4x4 stride-1 conv on
+  2x2 space-to-depth blocks (12 channels), which suits matrix units better.
+- `float32_accumulating`: conv operands in a low-precision dtype, float32 accumulation and output
+  (the 5,000-class CAM head in bf16 without rounding its output).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+REDUCTION_AXES = (0, 1, 2)  # NHWC: statistics per channel over batch and space
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchNorm (+ residual add + ReLU)
+# ----------------------------------------------------------------------------------------------
+def _accumulation(dtype):
+    """float32 for bf16 / float32 inputs (float64 stays float64), as nn.BatchNorm."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance, at least in float32, in one pass over x (as nn.BatchNorm).
+
+    A grouped ("ghost") BatchNorm would reshape x to (groups, B / groups, ...) here and in the
+    backward's two sums; nothing else depends on the reduction.
+    """
+    x = x.astype(_accumulation(x.dtype))
+    mean = jnp.mean(x, REDUCTION_AXES)
+    mean_sq = jnp.mean(lax.square(x), REDUCTION_AXES)
+    return mean, jnp.maximum(0.0, mean_sq - lax.square(mean))
+
+
+def _affine(x, mean, mul, bias, residual, relu: bool, dtype):
+    """(x - mean) * mul + bias [+ residual] [ReLU] in float32 (the dtype of mean and mul), rounded
+    once to `dtype`."""
+    y = (x - mean) * mul + bias
+    if residual is not None:
+        y = y + residual
+    if relu:
+        y = jnp.maximum(y, 0.0)
+    return y.astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def batch_norm_train(x, scale, bias, residual, epsilon: float, relu: bool):
+    """Train-mode BatchNorm [+ residual] [+ ReLU] -> (y, batch mean, batch variance).
+
+    The caller must stop gradients through mean and variance (they only feed running averages).
+    """
+    return _batch_norm_train_fwd(x, scale, bias, residual, epsilon, relu)[0]
+
+
+def _batch_norm_train_fwd(x, scale, bias, residual, epsilon, relu):
+    mean, var = batch_moments(x)
+    inv = lax.rsqrt(var + epsilon)
+    y = _affine(x, mean, inv * scale, bias, residual, relu, x.dtype)
+    return (y, mean, var), (x, scale, mean, inv, y if relu else None, residual)
+
+
+def _batch_norm_train_bwd(epsilon, relu, saved, cotangents):
+    x, scale, mean, inv, y, residual = saved
+    g = cotangents[0].astype(mean.dtype)
+    if relu:
+        g = jnp.where(y > 0, g, 0.0)
+    xhat = (x.astype(mean.dtype) - mean) * inv
+    n = x.size // x.shape[-1]
+    sum_g = jnp.sum(g, REDUCTION_AXES)
+    sum_g_xhat = jnp.sum(g * xhat, REDUCTION_AXES)
+    dx = (scale * inv) * (g - sum_g / n - xhat * (sum_g_xhat / n))
+    dresidual = None if residual is None else g.astype(residual.dtype)
+    return dx.astype(x.dtype), sum_g_xhat, sum_g, dresidual
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+class BatchNorm(nn.Module):
+    """nn.BatchNorm (feature axis last) with an optional residual add and ReLU fused in.
+
+    Same variables as nn.BatchNorm: params `scale`, `bias`; batch_stats `mean`, `var` (float32),
+    updated as `momentum * old + (1 - momentum) * batch` with the biased batch variance, not
+    during init.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, residual=None, relu: bool = False):
+        features = (x.shape[-1],)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
+        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+        if self.use_running_average:
+            mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
+            return _affine(x, ra_mean.value, mul, bias, residual, relu, self.dtype)
+        y, mean, var = batch_norm_train(x, scale, bias, residual, self.epsilon, relu)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
+        return y.astype(self.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Max-pool 3x3, stride 2, padding 1 (the stem's)
+# ----------------------------------------------------------------------------------------------
+_OFFSETS = tuple((i, j) for i in range(3) for j in range(3))  # row-major: select-and-scatter's order
+
+
+def _padded_windows(x):
+    """x padded with -inf, and the 9 strided (B, H', W', C) slices whose maximum is the pool."""
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    ho, wo = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
+    windows = [
+        lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + 2 * ho - 1, j + 2 * wo - 1, xp.shape[3]), (1, 2, 2, 1))
+        for i, j in _OFFSETS
+    ]
+    return xp, windows
+
+
+def _max_pool(x: jax.Array) -> jax.Array:
+    return functools.reduce(jnp.maximum, _padded_windows(x)[1])
+
+
+max_pool_3x3_s2 = jax.custom_vjp(_max_pool)
+max_pool_3x3_s2.__doc__ = (
+    "nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))) on NHWC, same values."
+)
+
+
+def _max_pool_fwd(x):
+    out = _max_pool(x)
+    return out, (x, out)
+
+
+def _max_pool_bwd(saved, g):
+    """Each output's gradient goes to the first maximum of its window, as select-and-scatter."""
+    x, out = saved
+    xp, windows = _padded_windows(x)
+    taken = jnp.zeros(out.shape, bool)
+    dxp = jnp.zeros(xp.shape, g.dtype)
+    for (i, j), window in zip(_OFFSETS, windows):
+        hit = (window == out) & ~taken
+        taken = taken | hit
+        rows = (i, xp.shape[1] - i - (2 * out.shape[1] - 1), 1)
+        cols = (j, xp.shape[2] - j - (2 * out.shape[2] - 1), 1)
+        dxp = dxp + lax.pad(
+            jnp.where(hit, g, 0).astype(g.dtype), jnp.zeros((), g.dtype), ((0, 0, 0), rows, cols, (0, 0, 0))
+        )
+    return (dxp[:, 1:-1, 1:-1, :],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolution forms (drop-in `conv_general_dilated` for nn.Conv)
+# ----------------------------------------------------------------------------------------------
+def space_to_depth_conv(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    *,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **_,
+):
+    """A k x k stride-2 NHWC/HWIO conv as a ceil(k/2)-square stride-1 conv on 2x2 blocks.
+
+    out[i] = sum_k xp[2i + k] w[k] = sum_a sum_b z[i + a, b] w[2a + b] with z[j, b] = xp[2j + b]:
+    the same products, with the kernel zero-padded to even size and regrouped.
+    """
+    if (
+        tuple(window_strides) != (2, 2)
+        or feature_group_count != 1
+        or any(d != 1 for d in (lhs_dilation or (1, 1)))
+    ):
+        raise ValueError("space_to_depth_conv is for plain stride-2 2-D convolutions")
+    (kh, kw, cin, cout), (batch, height, width, _) = rhs.shape, lhs.shape
+    (top, bottom), (left, right) = padding
+    out_h, out_w = (height + top + bottom - kh) // 2 + 1, (width + left + right - kw) // 2 + 1
+    a_h, a_w = (kh + 1) // 2, (kw + 1) // 2
+    # Pad to exactly 2 * (out + a - 1) rows and columns (the extra rows meet zero kernel taps).
+    xp = lax.pad(
+        lhs,
+        jnp.zeros((), lhs.dtype),
+        (
+            (0, 0, 0),
+            (top, 2 * (out_h + a_h - 1) - height - top, 0),
+            (left, 2 * (out_w + a_w - 1) - width - left, 0),
+            (0, 0, 0),
+        ),
+    )
+    z = xp.reshape(batch, out_h + a_h - 1, 2, out_w + a_w - 1, 2, cin).transpose(0, 1, 3, 2, 4, 5)
+    z = z.reshape(batch, out_h + a_h - 1, out_w + a_w - 1, 4 * cin)
+    w = jnp.pad(rhs, ((0, 2 * a_h - kh), (0, 2 * a_w - kw), (0, 0), (0, 0)))
+    w = w.reshape(a_h, 2, a_w, 2, cin, cout).transpose(0, 2, 1, 3, 4, 5).reshape(a_h, a_w, 4 * cin, cout)
+    return lax.conv_general_dilated(
+        z, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
+    )
+
+
+def float32_accumulating(compute_dtype):
+    """nn.Conv hooks: operands cast to `compute_dtype`, float32 accumulation, output and bias.
+
+    Returns (promote_dtype, conv_general_dilated) for nn.Conv's fields of those names.
+    """
+
+    def promote(inputs, kernel, bias, dtype=None):
+        return inputs.astype(compute_dtype), kernel.astype(compute_dtype), bias
+
+    return promote, functools.partial(lax.conv_general_dilated, preferred_element_type=jnp.float32)
