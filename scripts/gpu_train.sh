@@ -43,16 +43,24 @@ export PYTHONUNBUFFERED=1
 SITE=/tmp/bridgegap_site
 rm -rf "$SITE"
 PATHS="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+install_wheels() {  # with pip; a Python without pip unpacks them (a wheel is a zip of its import tree)
+  if "$PY" -m pip --version > /dev/null 2>&1; then
+    "$PY" -m pip install --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl
+  else
+    for wheel in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$wheel" "$SITE" || return 1; done
+  fi
+}
+CHECK='import bridgegap_jax.trainer, bridgegap_jax.prepare.cli, bridgegap_jax.main'
 if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" > /dev/null; then
-  if "$PY" -m pip install --no-index --no-deps --no-compile --target "$SITE" "$WHEELS"/*.whl \
-      > "$LOGS/install.log" 2>&1; then
+  if install_wheels > "$LOGS/install.log" 2>&1 && PYTHONPATH="$SITE:$PATHS" "$PY" -c "$CHECK" \
+      >> "$LOGS/install.log" 2>&1; then
     PATHS="$SITE:$PATHS"
   else  # e.g. wheels for another Python: the installed packages may still do
-    echo "note: $WHEELS/*.whl do not install with $PY (see $LOGS/install.log); using the installed packages"
+    echo "note: $WHEELS/*.whl do not work with $PY (see $LOGS/install.log); using the installed packages"
   fi
 fi
 export PYTHONPATH="$PATHS"
-if ! "$PY" -c 'import bridgegap_jax.trainer, bridgegap_jax.prepare.cli, bridgegap_jax.main'; then
+if ! "$PY" -c "$CHECK"; then
   echo "error: the training modules do not import with $PY (see above); build gpu_wheels/ with" \
        "scripts/gpu_data.sh" >&2
   exit 1

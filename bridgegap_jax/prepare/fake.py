@@ -221,8 +221,10 @@ def make_openimages(out: str, rng, sizes=(40, 12, 12), num_classes=5000, used_cl
 MAKERS = {"voc": make_voc, "coco": make_coco, "cub": make_cub, "nuswide": make_nuswide, "openimages": make_openimages}
 
 
-def make(name: str, out: str, seed: int = 0, image_size: int | None = None, num_images: int | None = None) -> dict:
-    """The fake download of `name` in `out`; image_size / num_images (coco only): see the module's doc."""
+def make(name: str, out: str, seed: int = 0, image_size: int | None = None,
+         num_images: int | None = None) -> dict:
+    """The fake download of `name` in `out`. coco only: `image_size`, photo-like JPEGs of that shorter
+    side and nothing broken; `num_images`, images in the train folder (the val folder gets N/20)."""
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     if image_size is None and num_images is None:
@@ -246,7 +248,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.name != "coco" and (args.image_size or args.num_images):
         parser.error("--image_size and --num_images apply to coco only")
-    if (args.image_size is not None and args.image_size < 32) or (args.num_images is not None and args.num_images < 10):
+    if (args.image_size or 32) < 32 or (args.num_images or 10) < 10:
         parser.error("--image_size must be >= 32 and --num_images >= 10")
     make(args.name, args.out, args.seed, args.image_size, args.num_images)
     print(f"fake {args.name} download layout in {args.out}; prepare it with: python -m bridgegap_jax.prepare "
