@@ -69,7 +69,8 @@ fi
   command -v nvidia-smi > /dev/null &&
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$PY" -c 'import sys, jax; print("python", sys.version.split()[0], "| jax", jax.__version__, jax.devices())'
-  echo "CPU cores: $(nproc)$([ "$TINY" = 1 ] && echo ' | --tiny: tiny model and sizes, few steps')"
+  echo "CPU cores: $(nproc) | /dev/shm (the decoded batches): $(df -h --output=size /dev/shm | tail -1 | tr -d ' ')" \
+    "$([ "$TINY" = 1 ] && echo '| --tiny: tiny model and sizes, few steps')"
 } > "$LOGS/env.txt" 2>&1
 cat "$LOGS/env.txt"
 
