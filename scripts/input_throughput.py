@@ -1,17 +1,27 @@
-"""Input pipeline images/s on ONE CPU core: ours (tf.data) vs the reference transform; resize error.
+"""Input pipeline images/s on ONE CPU core: our per-image work against the reference transform.
 
-    python scripts/input_throughput.py [--images DIR] [--passes 3]
+    python scripts/input_throughput.py [--images DIR] [--passes 5]
+    python scripts/input_throughput.py --data_dir DIR [--dataset coco] [--workers 2]   # + the grain path
 
-Without --images it writes 200 synthetic-content JPEGs (100 of 640x480, 100 of 500x375: the
-VOC / COCO sizes) to a temporary folder. Encoded bytes are held in memory, so this measures the
-CPU work, not the disk. The process pins itself to core 0 (as `taskset -c 0`) and TensorFlow runs
-single-threaded (intra/inter op 1, tf.data private pool of 1, no parallel map).
+Rows, all on the same JPEGs held in memory (the CPU work, not the disk), the process pinned to one
+core (as `taskset -c 0`), torch and OpenCV single-threaded:
+  reference   PIL open + convert('RGB') + torchvision Resize((448, 448)) + RandomHorizontalFlip +
+              ToTensor + Normalize, stacked by 16 as its DataLoader does. Without torch, a PIL +
+              numpy emulation of it (Resize is PIL's resize(BILINEAR); ToTensor /255 into CHW
+              float32; Normalize (x - mean) / std).
+  ours        input_pipeline.BatchReader itself on an in-memory dataset: each training batch of 16
+              decoded, resized to 448, flipped by its keyed draw and stacked into uint8, for
+              config.data.resize = 'bilinear' (the default) and 'pil'.
+  decode      images.decode alone (OpenCV, the default decoder).
+Passes go round-robin over the rows and each row keeps its best pass: this machine's speed drifts,
+and timing the rows one after another would hand one of them the slow period.
 
-The reference transform (BoostLU's datasets.py) is PIL open + convert('RGB') + torchvision
-Resize((448, 448)) + RandomHorizontalFlip + ToTensor + Normalize. With the torch extra installed it
-is timed as it is (torch single-threaded); it is also timed as PIL + numpy (Resize calls PIL's
-resize with BILINEAR, antialiased when downscaling; ToTensor is /255 in CHW float32; Normalize is
-(x - mean) / std), which needs no torch.
+The second table is the mean absolute difference (grey levels, over all pixels of every 5th
+image) from PIL's resize to 448, which is what torchvision's Resize computes on a PIL image.
+
+Without --images, 200 photo-like JPEGs are made (100 of 640x480, 100 of 500x375: COCO / VOC sizes).
+With --data_dir, the whole grain path (tfds source, worker processes, shared memory) is also timed
+on a prepared dataset's training split with --workers processes; that row is not per core.
 """
 
 from __future__ import annotations
@@ -21,10 +31,8 @@ import glob
 import io
 import os
 import sys
-import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import numpy as np
@@ -35,51 +43,73 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def synthetic_jpegs(folder: str, count: int = 200) -> list[str]:
-    """Photos-like content (smooth gradients, shapes, texture) so the JPEGs have realistic sizes."""
-    from PIL import Image, ImageDraw
+def photo_jpegs(count: int = 200) -> list[bytes]:
+    from bridgegap_jax.prepare.fake import photo_like_jpeg
 
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        w, h = (640, 480) if i % 2 == 0 else (500, 375)
-        y, x = np.mgrid[0:h, 0:w] / max(w, h)
-        base = np.stack([np.sin(x * rng.uniform(2, 9) + c) * np.cos(y * rng.uniform(2, 9)) for c in range(3)], -1)
-        pixels = 128 + 90 * base + rng.normal(0, 12, (h, w, 3))
-        img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(img)
-        for _ in range(12):
-            x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-            box = [x0, y0, x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))]
-            fill = tuple(int(v) for v in rng.integers(0, 256, 3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
-        path = os.path.join(folder, f"{i:04d}.jpg")
-        img.save(path, quality=90)
-        paths.append(path)
-    return paths
+    return [photo_like_jpeg(i, (640, 480) if i < count // 2 else (500, 375)) for i in range(count)]
 
 
-def reference(encoded: list[bytes]) -> int:
-    """The reference's per-image transform (batching into a tensor adds a copy, included)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    batch = []
-    for data in encoded:
-        with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
-        if rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        x = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0  # ToTensor
-        batch.append((x - MEAN[:, None, None]) / STD[:, None, None])  # Normalize
-        if len(batch) == BATCH:
-            np.stack(batch)
-            batch = []
-    return len(encoded)
+def read_jpegs(folder: str) -> list[bytes]:
+    paths = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith((".jpg", ".jpeg")))
+    if not paths:
+        raise SystemExit(f"error: no .jpg or .jpeg files in {folder}")
+    out = []
+    for path in paths:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
 
 
-def torchvision_reference(encoded: list[bytes]) -> int:
-    """The reference transform itself (torchvision), batched with torch.stack as its DataLoader does."""
+class MemoryDataset:
+    """What BatchReader reads from a prepared dataset, held in memory: a 'train' split of JPEGs."""
+
+    def __init__(self, encoded: list[bytes], num_classes: int = 80):
+        self.directory, self.num_classes, self.label_encoding = "(memory)", num_classes, "single_positive"
+        self.split_sizes = {"train": len(encoded)}
+        labels = np.zeros(num_classes, np.int8)
+        self.records = [{"image": e, "image_id": str(i).encode(), "labels": labels, "labels_obs": labels}
+                        for i, e in enumerate(encoded)]
+
+    def source(self, split: str):
+        return self
+
+    def __getitems__(self, indices):
+        return [self.records[i] for i in indices]
+
+
+def batch_reader(encoded: list[bytes], resize: str):
+    """input_pipeline.BatchReader over one training epoch of `encoded`; returns (reader, batches)."""
+    from bridgegap_jax import input_pipeline
+
+    options = input_pipeline.Options(image_size=SIZE, batch_size=BATCH, eval_batch_size=BATCH, resize=resize)
+    batches = input_pipeline.steps_per_epoch(len(encoded), options)
+    segments = [input_pipeline.Segment("train", batches, epoch=1)]
+    reader = input_pipeline.BatchReader(MemoryDataset(encoded), segments, options)
+    return reader, batches
+
+
+def ours(encoded: list[bytes], resize: str):
+    reader, batches = batch_reader(encoded, resize)
+
+    def run() -> int:
+        return sum(len(reader(position)["image"]) for position in range(batches))
+
+    return run
+
+
+def decode_only(encoded: list[bytes]):
+    from bridgegap_jax import images
+
+    def run() -> int:
+        for data in encoded:
+            images.decode(data)
+        return len(encoded)
+
+    return run
+
+
+def torchvision_reference(encoded: list[bytes]):
+    """The reference transform as shipped, batched with torch.stack as its DataLoader does."""
     import torch
     from PIL import Image
     from torchvision import transforms
@@ -88,70 +118,117 @@ def torchvision_reference(encoded: list[bytes]) -> int:
         transforms.Resize((SIZE, SIZE)), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
         transforms.Normalize(MEAN.tolist(), STD.tolist()),
     ])
-    batch = []
-    for data in encoded:
-        with Image.open(io.BytesIO(data)) as img:
-            batch.append(transform(img.convert("RGB")))
-        if len(batch) == BATCH:
+
+    def run() -> int:
+        batch = []
+        for data in encoded:
+            with Image.open(io.BytesIO(data)) as img:
+                batch.append(transform(img.convert("RGB")))
+            if len(batch) == BATCH:
+                torch.stack(batch)
+                batch = []
+        if batch:
             torch.stack(batch)
-            batch = []
-    return len(encoded)
+        return len(encoded)
+
+    return run
 
 
-def tf_pipeline(tf, encoded: list[bytes], mode: str) -> int:
-    """tf.data over in-memory JPEG bytes, single-threaded; uint8 batches out."""
-    from bridgegap_jax import input_pipeline
-
-    ds = tf.data.Dataset.from_tensor_slices((encoded, np.arange(len(encoded), dtype=np.int64)))
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = 1
-    options.threading.max_intra_op_parallelism = 1
-    options.deterministic = True
-    if mode == "decode only":  # + crop/pad to a fixed shape so that it batches
-        ds = ds.map(lambda e, i: tf.image.resize_with_crop_or_pad(input_pipeline._decode(tf, e, "jpeg"), SIZE, SIZE)).batch(BATCH)
-    else:  # exactly what train_batches runs: a batch of encoded bytes -> _decode_rows
-        antialias = mode == "ours"
-        ds = ds.batch(BATCH).map(lambda e, i: input_pipeline._decode_rows(tf, e, i, SIZE, 1234, antialias, "jpeg"))
-    count = 0
-    for batch in ds.with_options(options).as_numpy_iterator():
-        count += len(batch)
-    return count
-
-
-def resize_differences(tf, encoded: list[bytes]) -> dict:
-    """Mean |ours - PIL| in uint8 levels over all pixels: decode alone, and decode + resize to 448."""
+def emulated_reference(encoded: list[bytes]):
+    """The reference transform in PIL + numpy, for a machine without torch."""
     from PIL import Image
 
-    from bridgegap_jax import input_pipeline
+    def run() -> int:
+        rng, batch = np.random.default_rng(0), []
+        for data in encoded:
+            with Image.open(io.BytesIO(data)) as img:
+                img = img.convert("RGB").resize((SIZE, SIZE), Image.BILINEAR)
+            if rng.random() < 0.5:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            x = np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0  # ToTensor
+            batch.append((x - MEAN[:, None, None]) / STD[:, None, None])  # Normalize
+            if len(batch) == BATCH:
+                np.stack(batch)
+                batch = []
+        if batch:
+            np.stack(batch)
+        return len(encoded)
 
-    diffs = {}
+    return run
 
-    def add(key, value):
-        diffs.setdefault(key, []).append(value)
 
+def best_rates(rows: dict, passes: int) -> dict:
+    """images/s of each row: the best of `passes` round-robin passes, after one warm-up pass."""
+    for run in rows.values():
+        run()
+    rates = dict.fromkeys(rows, 0.0)
+    for _ in range(passes):
+        for name, run in rows.items():
+            start = time.perf_counter()
+            count = run()
+            rates[name] = max(rates[name], count / (time.perf_counter() - start))
+    return rates
+
+
+def differences(encoded: list[bytes], have_torch: bool) -> dict:
+    """Mean |x - PIL| in grey levels: each resize method at 448, and the default decoder alone."""
+    from PIL import Image
+
+    from bridgegap_jax import images
+
+    diffs: dict[str, list[float]] = {}
     for data in encoded:
         with Image.open(io.BytesIO(data)) as img:
             rgb = img.convert("RGB")
-        pil_decoded = np.asarray(rgb, np.float32)
         pil = np.asarray(rgb.resize((SIZE, SIZE), Image.BILINEAR), np.float32)
-        add("decode: tf.io.decode_jpeg default (fast IDCT) vs PIL", np.abs(tf.io.decode_jpeg(data, channels=3).numpy() - pil_decoded).mean())
-        add("decode: ours (INTEGER_ACCURATE IDCT) vs PIL", np.abs(input_pipeline._decode(tf, data, "jpeg").numpy() - pil_decoded).mean())
-        for key, antialias in (("decode + resize 448: ours, antialiased vs PIL bilinear", True),
-                               ("decode + resize 448: antialias=False vs PIL bilinear", False)):
-            ours = input_pipeline._decode_and_resize(tf, tf.constant(data), SIZE, antialias, "jpeg").numpy()
-            add(key, np.abs(ours - pil).mean())
-    return {k: float(np.mean(v)) for k, v in diffs.items()}
+        found = {f"resize='{m}': decode + resize 448 vs PIL resize": images.decode_and_resize(data, SIZE, m)
+                 for m in images.RESIZE_METHODS}
+        if have_torch:
+            from torchvision import transforms
+
+            key = "reference: torchvision Resize((448, 448)) vs PIL resize"
+            found[key] = transforms.Resize((SIZE, SIZE))(rgb)
+        for key, value in found.items():
+            diffs.setdefault(key, []).append(float(np.abs(np.asarray(value, np.float32) - pil).mean()))
+        decoded = images.decode(data).astype(np.float32)
+        diffs.setdefault("decode only: OpenCV (images.decode) vs PIL", []).append(
+            float(np.abs(decoded - np.asarray(rgb, np.float32)).mean()))
+    return {key: float(np.mean(values)) for key, values in diffs.items()}
+
+
+def grain_rate(data_dir: str, name: str, workers: int, batches: int, resize: str) -> tuple[float, int]:
+    """images/s of the real Stream (tfds source, grain workers) over the first training batches."""
+    from bridgegap_jax import input_pipeline
+    from bridgegap_jax.datasets import catalog
+
+    dataset = catalog.open_dataset(name, data_dir)
+    options = input_pipeline.Options(image_size=SIZE, batch_size=BATCH, eval_batch_size=BATCH, resize=resize)
+    steps = input_pipeline.steps_per_epoch(dataset.split_sizes["train"], options)
+    segments = [input_pipeline.Segment("train", steps, epoch) for epoch in (1, 2, 3)]
+    reader = input_pipeline.BatchReader(dataset, segments, options)
+    batches = min(batches, len(reader) - 2)
+    with input_pipeline.Stream(reader, 0, workers) as stream:
+        next(stream), next(stream)  # the workers' start-up
+        start, count = time.perf_counter(), 0
+        for batch in stream.take(batches):
+            count += len(batch["image"])
+        return count / (time.perf_counter() - start), count
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", help="folder of JPEGs (default: 200 synthetic ones)")
-    parser.add_argument("--passes", type=int, default=5, help="timed passes over all rows; the best is reported")
+    parser.add_argument("--images", help="folder of JPEGs (default: 200 photo-like ones)")
+    parser.add_argument("--passes", type=int, default=5, help="timed round-robin passes (each row: its best)")
+    parser.add_argument("--data_dir", help="also time the grain path on this prepared dataset folder")
+    parser.add_argument("--dataset", default="coco", help="with --data_dir: its name (config.data.name)")
+    parser.add_argument("--workers", type=int, default=2, help="with --data_dir: grain worker processes")
+    parser.add_argument("--batches", type=int, default=40, help="with --data_dir: batches of 16 to time")
     args = parser.parse_args()
 
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as taskset -c 0
-    try:  # before TensorFlow: torchvision segfaults on import once TF is loaded
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+    if cores:  # before the libraries size their thread pools
+        os.sched_setaffinity(0, {min(cores)})
+    try:
         import torch
         import torchvision.transforms  # noqa: F401
 
@@ -159,49 +236,42 @@ def main() -> None:
         have_torch = True
     except ImportError:
         have_torch = False
-    import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = sorted(glob.glob(os.path.join(args.images, "*.jpg"))) if args.images else synthetic_jpegs(tmp)
-        encoded = []
-        for p in paths:
-            with open(p, "rb") as f:
-                encoded.append(f.read())
-    print(f"{len(encoded)} JPEGs, mean {np.mean([len(e) for e in encoded]) / 1024:.0f} KiB; one core; "
-          f"output {SIZE}x{SIZE}, batch {BATCH}")
-
-    rows = [
-        ("reference: PIL open+convert, Resize((448,448)) bilinear, flip, ToTensor, Normalize (PIL + numpy)",
-         lambda: reference(encoded)),
-        ("ours: tf.data decode, resize 448 antialiased, flip, batch, uint8 (input_pipeline._decode_rows)",
-         lambda: tf_pipeline(tf, encoded, "ours")),
-        ("ours, antialias=False: decode, resize 448 plain bilinear, flip, batch, uint8",
-         lambda: tf_pipeline(tf, encoded, "no antialias")),
-        ("tf.data: decode only (ours, INTEGER_ACCURATE)", lambda: tf_pipeline(tf, encoded, "decode only")),
-    ]
+    encoded = read_jpegs(args.images) if args.images else photo_jpegs()
+    print(f"{len(encoded)} JPEGs, mean {np.mean([len(e) for e in encoded]) / 1024:.0f} KiB; one core; output "
+          f"{SIZE}x{SIZE}, batch {BATCH}; torch {'present' if have_torch else 'absent: reference emulated'}")
     if have_torch:
-        rows.insert(0, ("reference as shipped: PIL open+convert + torchvision Resize((448,448)), RandomHorizontalFlip, "
-                        "ToTensor, Normalize", lambda: torchvision_reference(encoded)))
-    # Round-robin passes, best of each: this VM's speed drifts over seconds, and timing the rows one
-    # after another would hand one of them the slow period.
-    for _, fn in rows:
-        fn()  # warm-up: tracing, caches
-    rates = {name: 0.0 for name, _ in rows}
-    for _ in range(args.passes):
-        for name, fn in rows:
-            start = time.perf_counter()
-            n = fn()
-            rates[name] = max(rates[name], n / (time.perf_counter() - start))
-    ref = rates[rows[0][0]]
-    print("\n| pipeline | images/s per core | vs reference |\n|---|---|---|")
+        reference = ("reference: PIL open + convert, torchvision Resize((448,448)), RandomHorizontalFlip, "
+                     "ToTensor, Normalize (torch, 1 thread)", torchvision_reference(encoded))
+    else:
+        reference = ("reference, emulated (PIL + numpy): PIL open + convert, resize((448,448), BILINEAR), "
+                     "flip, ToTensor, Normalize", emulated_reference(encoded))
+    rows = dict([
+        reference,
+        ("ours, resize='bilinear' (default): BatchReader, OpenCV decode + resize 448 + flip, uint8 batch",
+         ours(encoded, "bilinear")),
+        ("ours, resize='pil': BatchReader, PIL decode + resize 448 + flip, uint8 batch", ours(encoded, "pil")),
+        ("decode only: OpenCV (images.decode)", decode_only(encoded)),
+    ])
+    rates = best_rates(rows, args.passes)
+    base = rates[reference[0]]
+    print(f"\n| per-image work (best of {args.passes} passes) | images/s per core | vs reference |")
+    print("|---|---|---|")
     for name, rate in rates.items():
-        print(f"| {name} | {rate:.0f} | {rate / ref:.2f}x |")
-    print("\n| pixel difference at 448x448 | mean abs (uint8 levels) |\n|---|---|")
-    for name, value in resize_differences(tf, encoded[:40]).items():
+        print(f"| {name} | {rate:.0f} | {rate / base:.2f}x |")
+    default = rates[next(name for name in rates if "'bilinear'" in name)] / base
+    print(f"\nresize='bilinear' (the default): {default:.2f}x the reference per core (goal >= 2x: "
+          f"{'met' if default >= 2 else 'NOT met'})")
+    print("\n| pixel difference from PIL's resize at 448 | mean abs (grey levels) |\n|---|---|")
+    for name, value in differences(encoded[::5], have_torch).items():
         print(f"| {name} | {value:.3f} |")
+
+    if args.data_dir:
+        if cores:  # the workers inherit this process's cores
+            os.sched_setaffinity(0, cores)
+        rate, count = grain_rate(args.data_dir, args.dataset, args.workers, args.batches, "bilinear")
+        print(f"\ngrain path, {args.dataset} in {args.data_dir}: {args.workers} worker process(es), resize "
+              f"'bilinear', {count} images: {rate:.0f} images/s ({rate / base:.2f}x the reference's one core)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ order (VOC difficult-only images, COCO ids whose string order differs from their
 a CUB attribute line with an extra field). OpenImages lists all 5,000 trainable classes (a text
 file: cheap) so the prepared fake has the real label width; annotations touch a few of them.
 `make` returns what prepare must produce, built from the generator's own truth, not the files.
+
+    python -m bridgegap_jax.prepare.fake coco --out DIR --image_size 448 --num_images 1120
+
+makes instead a clean COCO-layout set for throughput runs: N photo-like JPEGs with a 448 px shorter
+side (4:3, as COCO's photos, so training decodes and resizes as it would real ones) in train2014/,
+N/20 in val2014/, none missing or corrupt, so the prepared split sizes are exact.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import os
 import numpy as np
 
 from bridgegap_jax.prepare.formatted import VOC_CLASSES
+
+PHOTO_QUALITY = 70  # ~29 KiB at 597x448: ~1,200 photos fit a 40 MiB folder
 
 
 def photo_like_jpeg(seed: int, size: tuple[int, int] = (640, 480), quality: int = 90) -> bytes:
@@ -52,6 +60,12 @@ def _jpeg(path: str, rng, size=None) -> None:
     pixels = np.clip(base + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(pixels).save(path, format="JPEG", quality=85)
+
+
+def _photo(path: str, seed: int, short_side: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(photo_like_jpeg(seed, (round(short_side * 4 / 3), short_side), PHOTO_QUALITY))
 
 
 def _break(root: str, missing: str, corrupt: str) -> None:
@@ -91,7 +105,8 @@ def make_voc(out: str, rng, sizes=(30, 14)) -> dict:
     return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": os.path.join(root, "JPEGImages")}
 
 
-def make_coco(out: str, rng, sizes=(30, 14)) -> dict:
+def make_coco(out: str, rng, sizes=(30, 14), photo_size: int | None = None) -> dict:
+    """photo_size: photo-like JPEGs of that shorter side and nothing broken, instead of the small fakes."""
     # Real COCO category ids run 1..90 with gaps; the file lists them in id order.
     cat_ids = sorted(rng.choice(np.arange(1, 91), 80, replace=False).tolist())
     categories = [{"id": i, "name": f"category{i}", "supercategory": "thing"} for i in cat_ids]
@@ -111,9 +126,15 @@ def make_coco(out: str, rng, sizes=(30, 14)) -> dict:
         with open(os.path.join(out, "annotations", f"instances_{phase}2014.json"), "w") as f:
             json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
         for i in ids:
-            _jpeg(os.path.join(out, f"{phase}2014", f"COCO_{phase}2014_{int(i):012d}.jpg"), rng)
+            path = os.path.join(out, f"{phase}2014", f"COCO_{phase}2014_{int(i):012d}.jpg")
+            if photo_size:
+                _photo(path, int(rng.integers(2**31)), photo_size)
+            else:
+                _jpeg(path, rng)
         order = sorted(range(n), key=lambda r: str(ids[r]))
         truth[phase] = (np.array([f"{phase}2014/COCO_{phase}2014_{int(ids[r]):012d}.jpg" for r in order]), labels[order])
+    if photo_size:
+        return {"formatted": truth, "missing": [], "corrupt": [], "image_root": out}
     missing, corrupt = truth["train"][0][0], truth["val"][0][3]
     _break(out, missing, corrupt)
     return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": out}
@@ -200,9 +221,18 @@ def make_openimages(out: str, rng, sizes=(40, 12, 12), num_classes=5000, used_cl
 MAKERS = {"voc": make_voc, "coco": make_coco, "cub": make_cub, "nuswide": make_nuswide, "openimages": make_openimages}
 
 
-def make(name: str, out: str, seed: int = 0) -> dict:
+def make(name: str, out: str, seed: int = 0, image_size: int | None = None,
+         num_images: int | None = None) -> dict:
+    """The fake download of `name` in `out`. coco only: `image_size`, photo-like JPEGs of that shorter
+    side and nothing broken; `num_images`, images in the train folder (the val folder gets N/20)."""
     os.makedirs(out, exist_ok=True)
-    return MAKERS[name](out, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if image_size is None and num_images is None:
+        return MAKERS[name](out, rng)
+    if name != "coco":
+        raise ValueError(f"--image_size and --num_images make a COCO layout only, not {name}")
+    sizes = (num_images, max(14, num_images // 20)) if num_images else (30, 14)
+    return make_coco(out, rng, sizes, photo_size=image_size)
 
 
 def main(argv=None) -> None:
@@ -211,8 +241,16 @@ def main(argv=None) -> None:
     parser.add_argument("name", choices=sorted(MAKERS))
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image_size", type=int, help="coco only: photo-like JPEGs with this shorter side (4:3), "
+                        "none missing or corrupt")
+    parser.add_argument("--num_images", type=int, help="coco only: images in train2014/ (prepare splits them 80/20 "
+                        "into train and validation); val2014/, the test split, gets N/20 (at least 14)")
     args = parser.parse_args(argv)
-    make(args.name, args.out, args.seed)
+    if args.name != "coco" and (args.image_size or args.num_images):
+        parser.error("--image_size and --num_images apply to coco only")
+    if (args.image_size or 32) < 32 or (args.num_images or 10) < 10:
+        parser.error("--image_size must be >= 32 and --num_images >= 10")
+    make(args.name, args.out, args.seed, args.image_size, args.num_images)
     print(f"fake {args.name} download layout in {args.out}; prepare it with: python -m bridgegap_jax.prepare "
           f"{args.name} --source={args.out}{' --images=' + os.path.join(args.out, 'Flickr') if args.name == 'nuswide' else ''} "
           "--data_dir=<tfds data_dir>")
