@@ -253,7 +253,7 @@ def jax_setup(
         steps.create_state(model, tx, size, 0, mesh),
         jax.device_put(images, on_device),
         jax.device_put(observed, on_device),
-        jnp.asarray(k, jnp.int32),
+        jnp.asarray([k], jnp.int32),  # one selection group: the trainer's shape at group_size 0
         steps.jit_train_step(model, tx, schemes.create(SCHEME).loss, mesh),
         mesh,
     )
@@ -287,9 +287,9 @@ def measure_jax(spec: dict) -> Row:
     row.train_ms, row.compile_s = 1000 * seconds, compile_s + warm
     if spec["eval"]:
         variables = state.model_vars()
-        predict = steps.jit_eval_step(s.model, s.mesh).lower(variables, s.images).compile()
+        predict = steps.jit_eval_step(s.model, s.mesh).lower(variables, s.images, s.observed).compile()
         seconds, _ = median_seconds(
-            lambda: predict(variables, s.images),
+            lambda: predict(variables, s.images, s.observed),
             jax.block_until_ready,
             spec["warmup"],
             spec["steps"],

@@ -71,6 +71,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         _require(model[field] in allowed, f"model.{field}", model[field], f"must be one of {', '.join(allowed)}")
     _require(isinstance(model.pretrained, str), "model.pretrained", model.pretrained,
              "must be a converted trunk's folder, or '' to train from scratch")
+    _require(_is_int(model.bn_group_size) and model.bn_group_size >= 0, "model.bn_group_size", model.bn_group_size,
+             "must be 0 (BatchNorm over the whole batch, the protocol) or a group size such as 16")
     _require(loss.scheme in schemes.REGISTRY, "loss.scheme", loss.scheme, f"must be one of {', '.join(schemes.REGISTRY)}")
     _require(loss.delta_rel is None or (_is_number(loss.delta_rel) and 0 <= loss.delta_rel < 1), "loss.delta_rel",
              loss.delta_rel, "must be in [0, 1), or None for the scheme's paper value")
@@ -106,7 +108,8 @@ def check_with(config: ml_collections.ConfigDict, dataset: catalog.Dataset, num_
 def model(config: ml_collections.ConfigDict, num_classes: int):
     m = config.model
     return steps.make_model(num_classes, depth=m.depth, width=m.width, alpha=m.alpha, dtype=m.dtype,
-                            batch_norm=m.batch_norm, max_pool=m.max_pool, stem=m.stem, head_dtype=m.head_dtype)
+                            batch_norm=m.batch_norm, max_pool=m.max_pool, stem=m.stem, head_dtype=m.head_dtype,
+                            bn_group_size=m.bn_group_size)
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):

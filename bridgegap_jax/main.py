@@ -22,6 +22,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from bridgegap_jax import xla_options
+
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); override fields with --config.a.b=value.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics.jsonl, TensorBoard, result.json.")

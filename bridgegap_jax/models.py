@@ -84,9 +84,13 @@ def batch_norm(train: bool, name: str, dtype) -> nn.BatchNorm:
     )
 
 
-def norm_act(y, train: bool, name: str, dtype, kind: str, residual=None, relu: bool = True):
+def norm_act(y, train: bool, name: str, dtype, kind: str, residual=None, relu: bool = True, group_size: int = 0):
     """relu(residual + bn(y)), the residual and the ReLU optional; `kind` is one of BATCH_NORMS:
-    "fused" is one op with its own backward, "flax" is nn.BatchNorm, add and nn.relu."""
+    "fused" is one op with its own backward, "flax" is nn.BatchNorm, add and nn.relu. `group_size`
+    G > 0 takes the training statistics over each group of G rows (layers.GroupBatchNorm)."""
+    if group_size > 0:
+        norm = layers.GroupBatchNorm(not train, group_size, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+        return norm(y, residual, relu)
     if kind == "fused":
         norm = layers.BatchNorm(not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
         return norm(y, residual, relu)
@@ -94,6 +98,15 @@ def norm_act(y, train: bool, name: str, dtype, kind: str, residual=None, relu: b
     if residual is not None:
         y = residual + y
     return nn.relu(y) if relu else y
+
+
+def _norm(module, train: bool):
+    """norm_act with the module's BatchNorm settings: norm(y, name, residual=None, relu=True)."""
+
+    def norm(y, name: str, residual=None, relu: bool = True):
+        return norm_act(y, train, name, module.dtype, module.batch_norm, residual, relu, module.bn_group_size)
+
+    return norm
 
 
 def _torch_bias_init(fan_in: int):
@@ -111,16 +124,18 @@ class BasicBlock(nn.Module):
     stride: int
     dtype: Any
     batch_norm: str = "flax"
+    bn_group_size: int = 0
 
     @nn.compact
     def __call__(self, x, train: bool):
+        norm = _norm(self, train)
         y = conv(self.features, 3, self.stride, "conv1", self.dtype)(x)
-        y = norm_act(y, train, "bn1", self.dtype, self.batch_norm)
+        y = norm(y, "bn1")
         y = conv(self.features, 3, 1, "conv2", self.dtype)(y)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = conv(self.features, 1, self.stride, "downsample_conv", self.dtype)(x)
-            x = norm_act(x, train, "downsample_bn", self.dtype, self.batch_norm, relu=False)
-        return norm_act(y, train, "bn2", self.dtype, self.batch_norm, residual=x)
+            x = norm(x, "downsample_bn", relu=False)
+        return norm(y, "bn2", residual=x)
 
 
 class Bottleneck(nn.Module):
@@ -130,20 +145,22 @@ class Bottleneck(nn.Module):
     stride: int
     dtype: Any
     batch_norm: str = "flax"
+    bn_group_size: int = 0
     expansion: int = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
+        norm = _norm(self, train)
         out = self.features * self.expansion
         y = conv(self.features, 1, 1, "conv1", self.dtype)(x)
-        y = norm_act(y, train, "bn1", self.dtype, self.batch_norm)
+        y = norm(y, "bn1")
         y = conv(self.features, 3, self.stride, "conv2", self.dtype)(y)
-        y = norm_act(y, train, "bn2", self.dtype, self.batch_norm)
+        y = norm(y, "bn2")
         y = conv(out, 1, 1, "conv3", self.dtype)(y)
         if self.stride != 1 or x.shape[-1] != out:
             x = conv(out, 1, self.stride, "downsample_conv", self.dtype)(x)
-            x = norm_act(x, train, "downsample_bn", self.dtype, self.batch_norm, relu=False)
-        return norm_act(y, train, "bn3", self.dtype, self.batch_norm, residual=x)
+            x = norm(x, "downsample_bn", relu=False)
+        return norm(y, "bn3", residual=x)
 
 
 class ResNetTrunk(nn.Module):
@@ -155,6 +172,7 @@ class ResNetTrunk(nn.Module):
     batch_norm: str = "flax"  # BATCH_NORMS
     max_pool: str = "reduce_window"  # MAX_POOLS
     stem: str = "conv"  # STEMS
+    bn_group_size: int = 0  # > 0: BatchNorm statistics over groups of this many rows (layers.GroupBatchNorm)
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -168,7 +186,7 @@ class ResNetTrunk(nn.Module):
         x = x.astype(self.dtype)
         stem_conv = layers.space_to_depth_conv if self.stem == "space_to_depth" else None
         x = conv(self.width, 7, 2, "conv1", self.dtype, stem_conv)(x)
-        x = norm_act(x, train, "bn1", self.dtype, self.batch_norm)
+        x = _norm(self, train)(x, "bn1")
         if self.max_pool == "strided":
             x = layers.max_pool_3x3_s2(x)
         else:
@@ -177,7 +195,8 @@ class ResNetTrunk(nn.Module):
             for i in range(num_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1
                 name = f"layer{stage + 1}_{i}"
-                x = block(self.width * 2**stage, stride, self.dtype, self.batch_norm, name=name)(x, train)
+                x = block(self.width * 2**stage, stride, self.dtype, self.batch_norm, self.bn_group_size,
+                          name=name)(x, train)
         return x
 
 
@@ -193,11 +212,12 @@ class CAMClassifier(nn.Module):
     max_pool: str = "reduce_window"
     stem: str = "conv"
     head_dtype: Any = jnp.float32  # the head's matmul operands; it accumulates and outputs float32
+    bn_group_size: int = 0  # > 0: "ghost" BatchNorm over groups of this many rows (large batches)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
         trunk = ResNetTrunk(self.depth, self.width, self.dtype, self.batch_norm, self.max_pool, self.stem,
-                            name="trunk")
+                            self.bn_group_size, name="trunk")
         features = trunk(normalize_images(images), train)
         if jnp.dtype(self.head_dtype) == jnp.float32:
             promote, head_conv, features = promote_dtype, None, features.astype(jnp.float32)

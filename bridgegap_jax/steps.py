@@ -39,17 +39,19 @@ class TrainState:
 
 def make_model(num_classes: int, *, depth: int, width: int = 64, alpha: float = 5.0,
                dtype: str = "float32", batch_norm: str = "flax", max_pool: str = "reduce_window",
-               stem: str = "conv", head_dtype: str = "float32") -> CAMClassifier:
+               stem: str = "conv", head_dtype: str = "float32", bn_group_size: int = 0) -> CAMClassifier:
     """The CAM classifier; `dtype` (float32 | bfloat16) is the trunk's compute dtype.
 
     The speed options (`batch_norm`, `max_pool`, `stem`, `head_dtype`; models.py) default to the
     plain Flax layers and change the result by float rounding only; the trunk checks their values.
+    `bn_group_size` G > 0 takes BatchNorm's training statistics over each group of G rows.
     """
     for name, value in (("dtype", dtype), ("head_dtype", head_dtype)):
         if value not in DTYPES:
             raise ValueError(f"config.model.{name}={value!r} is not one of {', '.join(DTYPES)}")
     return CAMClassifier(num_classes=num_classes, depth=depth, width=width, alpha=alpha, dtype=DTYPES[dtype],
-                         batch_norm=batch_norm, max_pool=max_pool, stem=stem, head_dtype=DTYPES[head_dtype])
+                         batch_norm=batch_norm, max_pool=max_pool, stem=stem, head_dtype=DTYPES[head_dtype],
+                         bn_group_size=bn_group_size)
 
 
 LR_SCALINGS = ("none", "sqrt", "linear")

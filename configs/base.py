@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.max_pool = "reduce_window"  # reduce_window | strided (no select-and-scatter backward)
     config.model.stem = "conv"  # conv | space_to_depth (the 7x7/2 stem conv as 4x4/1 on 2x2 blocks)
     config.model.head_dtype = "float32"  # CAM head matmul operands: float32 | bfloat16 (float32 sums)
+    # Large batches: BatchNorm statistics over each group of G rows ("ghost" BN; 16 = the protocol's
+    # statistics at any batch); 0 = over the whole batch.
+    config.model.bn_group_size = 0
     # ImageNet trunk converted once by `python -m bridgegap_jax.pretrained` ('' = random init).
     config.model.pretrained = "~/bridgegap_weights/resnet50_v1"
 
