@@ -34,6 +34,8 @@ class Run:
     best_epoch: int | None
     wall_time_s: float | None
     status: str  # 'finished', 'unfinished, epoch E/N' or 'not started'
+    steps: int | None = None  # training steps done
+    images_per_second: float | None = None  # training, median of the logged windows but the first (compilation)
 
     @property
     def finished(self) -> bool:
@@ -74,20 +76,29 @@ def load_run(workdir: str) -> Run:
     if config is None:
         raise ReportError(f"{workdir} is not a workdir of bridgegap_jax.main: it has no {CONFIG_FILE}")
     config = flatten(config)
+    records = read_records(run_dir)
+    pace = training_pace(records)
     if result is not None:
         scores = {"val mAP": result["best_val_map"], "test mAP": result["test_map"],
                   **result.get("test_groups", {})}
-        return Run(workdir, config, scores, result["best_epoch"], result.get("wall_time_s"), "finished")
-    records = read_records(run_dir)
+        return Run(workdir, config, scores, result["best_epoch"], result.get("wall_time_s"), "finished", *pace)
     if not records:
         return Run(workdir, config, {}, None, None, "not started")
     epoch = max(record.get("epoch", 0) for record in records)
     status = f"unfinished, epoch {epoch}/{config.get('train.num_epochs', '?')}"
     validations = [r for r in records if r.get("kind") == "validation" and r.get("map") is not None]
     if not validations:
-        return Run(workdir, config, {}, None, None, status)
+        return Run(workdir, config, {}, None, None, status, *pace)
     best = max(validations, key=lambda r: r["map"])  # the first of equal ones, as the trainer keeps them
-    return Run(workdir, config, {"val mAP": best["map"]}, best["epoch"], None, status)
+    return Run(workdir, config, {"val mAP": best["map"]}, best["epoch"], None, status, *pace)
+
+
+def training_pace(records: list[dict]) -> tuple[int | None, float | None]:
+    """(training steps done, median images/s of the logged windows after the first)."""
+    train = [r for r in records if r.get("kind") == "train"]
+    rates = [r["images_per_second"] for r in train[1:] if r.get("images_per_second")]
+    return (max((r["step"] for r in train), default=None),
+            statistics.median(rates) if rates else None)
 
 
 def split_fields(configs: list[dict]) -> tuple[list[str], dict]:
@@ -177,16 +188,21 @@ def seed_table(runs: list[Run]) -> str:
     groups = seed_groups(runs)
     fields, common = split_fields([without_seed(group[0].config) for group in groups])
     scores = score_names(runs)
-    header = fields + ["seeds", "n"] + scores + ["status"]
+    header = fields + ["seeds", "n"] + scores + ["steps", "wall time", "img/s", "status"]
     rows = []
     for group in groups:
         config, done = group[0].config, [run for run in group if run.finished]
         unfinished = [f"{run.workdir}: {run.status}" for run in group if not run.finished]
+        walls = [run.wall_time_s for run in done if run.wall_time_s is not None]
+        rates = [run.images_per_second for run in done if run.images_per_second]
         rows.append(config_cells(config, fields)
                     + [",".join(value_text(run.config.get(SEED, MISSING)) for run in group), str(len(done))]
                     + [mean_std([run.scores[s] for run in done if s in run.scores]) for s in scores]
-                    + ["; ".join(unfinished) or "finished"])
-    return with_common(markdown(header, rows, {"n", *scores}), common)
+                    + [str(done[0].steps) if done and done[0].steps else "",
+                       hms(statistics.mean(walls)) if walls else "",
+                       f"{statistics.mean(rates):,.0f}" if rates else "",
+                       "; ".join(unfinished) or "finished"])
+    return with_common(markdown(header, rows, {"n", "steps", "wall time", "img/s", *scores}), common)
 
 
 def main(argv: list[str] | None = None) -> int:

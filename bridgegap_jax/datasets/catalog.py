@@ -28,6 +28,7 @@ class DatasetSpec:
 
 DATASETS = {
     "demo": DatasetSpec("bridgegap_demo", 10, "single_positive", "nothing: built from scikit-learn's digits"),
+    "demo_large": DatasetSpec("bridgegap_demo_large", 10, "single_positive", "nothing: 8x the demo's mosaics"),
     "voc": DatasetSpec("bridgegap_voc", 20, "single_positive", "VOCtrainval_11-May-2012.tar (VOC 2012)"),
     "coco": DatasetSpec("bridgegap_coco", 80, "single_positive",
                         "COCO 2014 train2014/, val2014/ and annotations_trainval2014.zip"),
@@ -37,6 +38,8 @@ DATASETS = {
     "openimages": DatasetSpec("bridgegap_openimages", 5000, "partial",
                               "OpenImages V3 (2017_11): images_2017_11, annotations_human_2017_11, classes_2017_11"),
 }
+
+BUILT_IN = ("demo", "demo_large")  # made from scikit-learn's digits when first used: nothing to download
 
 # Which stored value means "unobserved" in each label encoding.
 UNOBSERVED_VALUE = {"single_positive": 0, "partial": -1}
@@ -62,8 +65,8 @@ def spec(name: str) -> DatasetSpec:
 
 
 def prepare_command(name: str, data_dir: str) -> str:
-    if name == "demo":
-        return f"python -m bridgegap_jax.prepare demo --data_dir={data_dir}"
+    if name in BUILT_IN:
+        return f"python -m bridgegap_jax.prepare {name} --data_dir={data_dir}"
     return f"python -m bridgegap_jax.prepare {name} --source=<downloads> --data_dir={data_dir}"
 
 
@@ -116,10 +119,10 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
     data_spec = spec(name)
     data_dir = os.path.expanduser(data_dir)
     root = epath.Path(data_dir) / data_spec.tfds_name
-    if name == "demo" and not _versions(root):
+    if name in BUILT_IN and not _versions(root):
         from bridgegap_jax.prepare import demo
 
-        demo.build(data_dir)
+        demo.build(data_dir, name=name)
     versions = _versions(root)
     if not versions:
         raise DatasetNotFoundError(

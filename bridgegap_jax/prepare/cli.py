@@ -150,8 +150,8 @@ def parse_args(argv):
 
 def prepare(args) -> str:
     """Builds the dataset; returns its folder."""
-    if args.name == "demo":
-        return demo.build(args.data_dir, overwrite=args.overwrite)
+    if args.name in catalog.BUILT_IN:
+        return demo.build(args.data_dir, overwrite=args.overwrite, name=args.name)
     if not args.source:
         raise UserError(f"{args.name} is prepared from its downloads: give --source=<folder> (README, section Data)")
     args.source = os.path.expanduser(args.source)

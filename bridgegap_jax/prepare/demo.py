@@ -24,6 +24,8 @@ CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE, TILE, GRID, SCALE = 96, 32, 3, 3  # 8x8 digit -> 24x24 in a 32x32 tile.
 SPLIT_SIZES = {"train": 1600, "validation": 320, "test": 480}
+# The same mosaics, more of them: big enough for batches of 512 (study of large-batch recipes).
+SIZES = {"demo": SPLIT_SIZES, "demo_large": {"train": 12800, "validation": 1280, "test": 1920}}
 _SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 # Fractions of the (permuted) 1797 sklearn digits given to each split.
 _SOURCE_FRACTIONS = (("train", 0.60), ("validation", 0.15), ("test", 0.25))
@@ -59,7 +61,7 @@ def source_digit_indices(split: str) -> np.ndarray:
     raise ValueError(f"Unknown split {split!r}; expected one of {list(SPLIT_SIZES)}.")
 
 
-def make_mosaics(split: str) -> dict:
+def make_mosaics(split: str, count: int | None = None) -> dict:
     """Generates the whole split as numpy arrays (what the builder stores).
 
     Returns a dict with `images` (N,96,96,3) uint8, `labels` (N,10) int8,
@@ -68,7 +70,7 @@ def make_mosaics(split: str) -> dict:
     src = source_digit_indices(split)
     digits, targets = _load_digits()
     by_class = [src[targets[src] == c] for c in range(NUM_CLASSES)]
-    n = SPLIT_SIZES[split]
+    n = SPLIT_SIZES[split] if count is None else count  # the first mosaics are the same for any count
     rng = np.random.default_rng([_SPLIT_SEEDS[split], 2023])
 
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
@@ -113,12 +115,12 @@ def encode_png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def build(data_dir: str, overwrite: bool = False) -> str:
-    """Writes the demo dataset into <data_dir>/bridgegap_demo/1.0.0 (PNG images); returns the folder."""
+def build(data_dir: str, overwrite: bool = False, name: str = "demo") -> str:
+    """Writes dataset `name` (demo | demo_large) into <data_dir>/bridgegap_<name>/1.0.0 (PNG images)."""
     from bridgegap_jax.datasets import catalog
     from bridgegap_jax.prepare import writer
 
-    splits = {split: make_mosaics(split) for split in SPLIT_SIZES}
+    splits = {split: make_mosaics(split, count) for split, count in SIZES[name].items()}
     sources = {
         split: writer.SplitSource(
             image_ids=[str(i) for i in d["image_id"]],
@@ -133,8 +135,8 @@ def build(data_dir: str, overwrite: bool = False) -> str:
             f.writelines(f"{name}\n" for name in CLASS_NAMES)
 
     folder, _ = writer.write_dataset(
-        data_dir, catalog.spec("demo").tfds_name, sources, num_classes=NUM_CLASSES, compress_labels=False,
+        data_dir, catalog.spec(name).tfds_name, sources, num_classes=NUM_CLASSES, compress_labels=False,
         description=_DESCRIPTION, max_short_side=None, workers=1, overwrite=overwrite, image_format="png",
         finish=finish, quiet=True)
-    print(f"built the demo dataset in {folder}", flush=True)
+    print(f"built the {name} dataset in {folder}", flush=True)
     return folder

@@ -146,8 +146,12 @@ def test_ghost_batch_norm_at_64_on_8_devices_equals_four_batches_of_16():
                                               images[start:start + 16])
         expected.append(part)
         stats = new["batch_stats"]
-    np.testing.assert_allclose(np.asarray(logits), np.concatenate(expected), rtol=2e-5, atol=2e-5)
-    assert relative_error(stats, jax.device_get(updated["batch_stats"])) <= 1e-5
-    # Without groups the same batch normalises differently: the test can tell the two apart.
+    # ||a - b|| / ||a||: float32 rounding through 18 layers of batch statistics over 16 rows is ~1e-5
+    # of the logits; BatchNorm over the whole batch of 64 (no groups) is ~10% away.
+    expected = np.concatenate(expected)
+    error = np.linalg.norm(np.asarray(logits) - expected) / np.linalg.norm(expected)
     (whole, _), _ = train_forward(plain)(variables, images)
-    assert np.abs(np.asarray(whole) - np.concatenate(expected)).max() > 1e-3
+    whole_error = np.linalg.norm(np.asarray(whole) - expected) / np.linalg.norm(expected)
+    print(f"ghost vs four batches: {error:.1e}; whole batch vs four batches: {whole_error:.1e}")
+    assert error <= 1e-4 and whole_error >= 1e-2
+    assert relative_error(stats, jax.device_get(updated["batch_stats"])) <= 1e-5
