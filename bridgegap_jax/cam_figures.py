@@ -8,6 +8,7 @@ import numpy as np
 
 PANEL_INCHES, COLORBAR_INCHES, HEADER_INCHES, DPI = 1.7, 0.45, 0.5, 80  # CAM figures; 80 dpi keeps PNGs small
 
+
 # ----------------------------------------------------------------------------------------------
 def _pyplot():
     import matplotlib
@@ -31,8 +32,15 @@ def draw_cam_figure(path: str, images, rows, maps, probs, columns: Sequence, nam
     width, height = figure_size_px(len(rows), len(columns))
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     grid = fig.add_gridspec(
-        len(rows), len(columns) + 2, width_ratios=[1] * (len(columns) + 1) + [0.08],
-        left=0.01, right=0.96, top=1 - HEADER_INCHES / (height / DPI), bottom=0.01, wspace=0.05, hspace=0.3,
+        len(rows),
+        len(columns) + 2,
+        width_ratios=[1] * (len(columns) + 1) + [0.08],
+        left=0.01,
+        right=0.96,
+        top=1 - HEADER_INCHES / (height / DPI),
+        bottom=0.01,
+        wspace=0.05,
+        hspace=0.3,
     )
     for r, (index, c) in enumerate(rows):
         ax = fig.add_subplot(grid[r, 0])
@@ -44,7 +52,9 @@ def draw_cam_figure(path: str, images, rows, maps, probs, columns: Sequence, nam
         for v, column in enumerate(columns):
             ax = fig.add_subplot(grid[r, v + 1])
             ax.imshow(grey, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            shown = ax.imshow(maps[r, v], cmap="jet", vmin=vmin, vmax=vmax, alpha=0.55, interpolation="nearest")
+            shown = ax.imshow(
+                maps[r, v], cmap="jet", vmin=vmin, vmax=vmax, alpha=0.55, interpolation="nearest"
+            )
             header = column.name.replace(" + ", "\n+ ") + "\n" if r == 0 else ""
             ax.set_title(f"{header}p = {probs[r, v]:.3f}", fontsize=8)
             ax.axis("off")
@@ -69,10 +79,18 @@ def draw_scatter(path: str, columns, maps, models: dict, reference: str) -> None
         x, y = x_all[keep], maps[column.name].ravel()[keep]
         ax.scatter(x, y, s=2, alpha=0.25, color="tab:blue", rasterized=True)
         stats = models[column.name]["vs_reference"]
-        for sign, slope, colour in ((1, stats["slope_positive_cells"], "tab:red"), (-1, stats["slope_negative_cells"], "tab:green")):
+        for sign, slope, colour in (
+            (1, stats["slope_positive_cells"], "tab:red"),
+            (-1, stats["slope_negative_cells"], "tab:green"),
+        ):
             end = np.max(sign * x_all) * sign if np.any(sign * x_all > 0) else 0.0
-            ax.plot([0, end], [0, slope * end], color=colour, lw=1.5,
-                    label=f"{'positive' if sign > 0 else 'negative'} cells: slope {slope:.2f}")
+            ax.plot(
+                [0, end],
+                [0, slope * end],
+                color=colour,
+                lw=1.5,
+                label=f"{'positive' if sign > 0 else 'negative'} cells: slope {slope:.2f}",
+            )
         lo, hi = float(x.min()), float(x.max())
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="y = x")
         ax.axhline(0, color="grey", lw=0.5)
@@ -102,11 +120,20 @@ def draw_ratio_histograms(path: str, columns, maps, reference: str) -> None:
         lo, hi = min(lo, 0.0), max(hi, 1.5)
         for i, (name, values) in enumerate(ratios.items()):
             colour = f"C{i}"
-            ax.hist(np.clip(values, lo, hi), bins=60, range=(lo, hi), histtype="step", color=colour,
-                    label=f"{name}: median {np.median(values):.2f}")
+            ax.hist(
+                np.clip(values, lo, hi),
+                bins=60,
+                range=(lo, hi),
+                histtype="step",
+                color=colour,
+                label=f"{name}: median {np.median(values):.2f}",
+            )
             ax.axvline(np.median(values), color=colour, lw=0.8, ls=":")
         ax.axvline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_title(f"{region} cells ({reference} {'>' if region == 'positive' else '<'} 0): model / {reference}", fontsize=8)
+        ax.set_title(
+            f"{region} cells ({reference} {'>' if region == 'positive' else '<'} 0): model / {reference}",
+            fontsize=8,
+        )
         ax.set_xlabel("ratio per cell (clipped to the 5th-95th percentile)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6)

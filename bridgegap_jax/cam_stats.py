@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 # ----------------------------------------------------------------------------------------------
 def slope_through_origin(reference: np.ndarray, model: np.ndarray) -> float:
     """Least squares of model = slope x reference (no intercept)."""

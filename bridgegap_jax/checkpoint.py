@@ -61,7 +61,11 @@ class RunCheckpoints:
     def save_best(self, step: int, model_vars: Any, val_map: float) -> None:
         if step in self._best.all_steps():  # re-validated after a crash: already saved
             return
-        self._best.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(model_vars)), metrics={"val_map": val_map})
+        self._best.save(
+            step,
+            args=ocp.args.Composite(model=ocp.args.StandardSave(model_vars)),
+            metrics={"val_map": val_map},
+        )
 
     def best_step(self) -> int | None:
         return self._best.best_step()

@@ -43,81 +43,190 @@ def check(config: ml_collections.ConfigDict) -> None:
     """Every field on its own: raises ConfigError for the first that cannot run."""
     data, model, loss, train = config.data, config.model, config.loss, config.train
     _require(_is_int(config.seed), "seed", config.seed, "must be an integer")
-    _require(data.name in catalog.DATASETS, "data.name", data.name, f"must be one of {', '.join(catalog.DATASETS)}")
-    _require(isinstance(data.data_dir, str) and data.data_dir != "", "data.data_dir", data.data_dir,
-             "must be the folder that holds the prepared datasets")
-    _require(_is_int(data.image_size) and data.image_size >= 32, "data.image_size", data.image_size,
-             "must be an integer >= 32 (the ResNet downsamples by 32: at least one CAM cell)")
-    _require(data.resize in images.RESIZE_METHODS, "data.resize", data.resize,
-             f"must be one of {', '.join(images.RESIZE_METHODS)}")
-    _require(data.train_labels in input_pipeline.TRAIN_LABELS, "data.train_labels", data.train_labels,
-             f"must be one of {', '.join(input_pipeline.TRAIN_LABELS)}")
+    _require(
+        data.name in catalog.DATASETS, "data.name", data.name, f"must be one of {', '.join(catalog.DATASETS)}"
+    )
+    _require(
+        isinstance(data.data_dir, str) and data.data_dir != "",
+        "data.data_dir",
+        data.data_dir,
+        "must be the folder that holds the prepared datasets",
+    )
+    _require(
+        _is_int(data.image_size) and data.image_size >= 32,
+        "data.image_size",
+        data.image_size,
+        "must be an integer >= 32 (the ResNet downsamples by 32: at least one CAM cell)",
+    )
+    _require(
+        data.resize in images.RESIZE_METHODS,
+        "data.resize",
+        data.resize,
+        f"must be one of {', '.join(images.RESIZE_METHODS)}",
+    )
+    _require(
+        data.train_labels in input_pipeline.TRAIN_LABELS,
+        "data.train_labels",
+        data.train_labels,
+        f"must be one of {', '.join(input_pipeline.TRAIN_LABELS)}",
+    )
     try:
         simulated = masks.parse(data.observation) is not None
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    _require(not simulated or data.train_labels == "observed", "data.observation", data.observation,
-             "simulates observed labels from the full labels, so it needs config.data.train_labels=observed")
-    _require(data.workers is None or (_is_int(data.workers) and data.workers >= 0), "data.workers", data.workers,
-             "must be None (one decoding process per CPU core), 0 (decode in the training process) or a count")
-    _require(model.depth in RESNET_STAGES, "model.depth", model.depth, f"must be one of {sorted(RESNET_STAGES)}")
-    _require(_is_int(model.width) and model.width >= 1, "model.width", model.width, "must be a positive integer")
-    _require(_is_number(model.alpha) and model.alpha > 0, "model.alpha", model.alpha,
-             "must be > 0 (BoostLU's factor on positive CAM cells; 1 = no boost)")
-    _require(model.dtype in steps.DTYPES, "model.dtype", model.dtype, f"must be one of {', '.join(steps.DTYPES)}")
-    _require(model.head_dtype in steps.DTYPES, "model.head_dtype", model.head_dtype,
-             f"must be one of {', '.join(steps.DTYPES)}")
+    _require(
+        not simulated or data.train_labels == "observed",
+        "data.observation",
+        data.observation,
+        "simulates observed labels from the full labels, so it needs config.data.train_labels=observed",
+    )
+    _require(
+        data.workers is None or (_is_int(data.workers) and data.workers >= 0),
+        "data.workers",
+        data.workers,
+        "must be None (one decoding process per CPU core), 0 (decode in the training process) or a count",
+    )
+    _require(
+        model.depth in RESNET_STAGES, "model.depth", model.depth, f"must be one of {sorted(RESNET_STAGES)}"
+    )
+    _require(
+        _is_int(model.width) and model.width >= 1, "model.width", model.width, "must be a positive integer"
+    )
+    _require(
+        _is_number(model.alpha) and model.alpha > 0,
+        "model.alpha",
+        model.alpha,
+        "must be > 0 (BoostLU's factor on positive CAM cells; 1 = no boost)",
+    )
+    _require(
+        model.dtype in steps.DTYPES, "model.dtype", model.dtype, f"must be one of {', '.join(steps.DTYPES)}"
+    )
+    _require(
+        model.head_dtype in steps.DTYPES,
+        "model.head_dtype",
+        model.head_dtype,
+        f"must be one of {', '.join(steps.DTYPES)}",
+    )
     for field, allowed in (("batch_norm", BATCH_NORMS), ("max_pool", MAX_POOLS), ("stem", STEMS)):
-        _require(model[field] in allowed, f"model.{field}", model[field], f"must be one of {', '.join(allowed)}")
-    _require(isinstance(model.pretrained, str), "model.pretrained", model.pretrained,
-             "must be a converted trunk's folder, or '' to train from scratch")
-    _require(_is_int(model.bn_group_size) and model.bn_group_size >= 0, "model.bn_group_size", model.bn_group_size,
-             "must be 0 (BatchNorm over the whole batch, the protocol) or a group size such as 16")
-    _require(loss.scheme in schemes.REGISTRY, "loss.scheme", loss.scheme, f"must be one of {', '.join(schemes.REGISTRY)}")
-    _require(loss.delta_rel is None or (_is_number(loss.delta_rel) and 0 <= loss.delta_rel < 1), "loss.delta_rel",
-             loss.delta_rel, "must be in [0, 1), or None for the scheme's paper value")
+        _require(
+            model[field] in allowed, f"model.{field}", model[field], f"must be one of {', '.join(allowed)}"
+        )
+    _require(
+        isinstance(model.pretrained, str),
+        "model.pretrained",
+        model.pretrained,
+        "must be a converted trunk's folder, or '' to train from scratch",
+    )
+    _require(
+        _is_int(model.bn_group_size) and model.bn_group_size >= 0,
+        "model.bn_group_size",
+        model.bn_group_size,
+        "must be 0 (BatchNorm over the whole batch, the protocol) or a group size such as 16",
+    )
+    _require(
+        loss.scheme in schemes.REGISTRY,
+        "loss.scheme",
+        loss.scheme,
+        f"must be one of {', '.join(schemes.REGISTRY)}",
+    )
+    _require(
+        loss.delta_rel is None or (_is_number(loss.delta_rel) and 0 <= loss.delta_rel < 1),
+        "loss.delta_rel",
+        loss.delta_rel,
+        "must be in [0, 1), or None for the scheme's paper value",
+    )
     for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps"):
         value = train[field]
         _require(_is_int(value) and value >= 1, f"train.{field}", value, "must be an integer >= 1")
     _require(_is_number(train.lr) and train.lr > 0, "train.lr", train.lr, "must be > 0")
-    _require(_is_number(train.head_lr_mult) and train.head_lr_mult > 0, "train.head_lr_mult", train.head_lr_mult,
-             "must be > 0")
-    _require(train.nonfinite in NONFINITE_POLICIES, "train.nonfinite", train.nonfinite,
-             "must be 'stop' (end the run at the first non-finite loss or gradient) or 'skip' (drop such steps)")
-    _require(train.lr_scaling in steps.LR_SCALINGS, "train.lr_scaling", train.lr_scaling,
-             f"must be one of {', '.join(steps.LR_SCALINGS)} (from the protocol's batch of {steps.REFERENCE_BATCH})")
-    _require(_is_number(train.warmup_epochs) and 0 <= train.warmup_epochs <= train.num_epochs, "train.warmup_epochs",
-             train.warmup_epochs, "must be between 0 and train.num_epochs")
-    _require(train.lr_decay in LR_DECAYS, "train.lr_decay", train.lr_decay, f"must be one of {', '.join(LR_DECAYS)}")
-    _require(_is_int(loss.group_size) and loss.group_size >= 0, "loss.group_size", loss.group_size,
-             "must be 0 (rank the whole batch, the protocol) or a group size such as 16")
+    _require(
+        _is_number(train.head_lr_mult) and train.head_lr_mult > 0,
+        "train.head_lr_mult",
+        train.head_lr_mult,
+        "must be > 0",
+    )
+    _require(
+        train.nonfinite in NONFINITE_POLICIES,
+        "train.nonfinite",
+        train.nonfinite,
+        "must be 'stop' (end the run at the first non-finite loss or gradient) or 'skip' (drop such steps)",
+    )
+    _require(
+        train.lr_scaling in steps.LR_SCALINGS,
+        "train.lr_scaling",
+        train.lr_scaling,
+        f"must be one of {', '.join(steps.LR_SCALINGS)} (from the protocol's batch of {steps.REFERENCE_BATCH})",
+    )
+    _require(
+        _is_number(train.warmup_epochs) and 0 <= train.warmup_epochs <= train.num_epochs,
+        "train.warmup_epochs",
+        train.warmup_epochs,
+        "must be between 0 and train.num_epochs",
+    )
+    _require(
+        train.lr_decay in LR_DECAYS,
+        "train.lr_decay",
+        train.lr_decay,
+        f"must be one of {', '.join(LR_DECAYS)}",
+    )
+    _require(
+        _is_int(loss.group_size) and loss.group_size >= 0,
+        "loss.group_size",
+        loss.group_size,
+        "must be 0 (rank the whole batch, the protocol) or a group size such as 16",
+    )
 
 
 def check_with(config: ml_collections.ConfigDict, dataset: catalog.Dataset, num_devices: int) -> None:
     """The rules that need the dataset and the device count."""
     train = config.train
     num_train = dataset.split_sizes["train"]
-    _require(train.batch_size % num_devices == 0, "train.batch_size", train.batch_size,
-             f"must be divisible by the {num_devices} devices")
-    _require(train.batch_size <= num_train, "train.batch_size", train.batch_size,
-             f"is larger than the {num_train} training examples of {dataset.name}")
-    _require(train.eval_batch_size % num_devices == 0, "train.eval_batch_size", train.eval_batch_size,
-             f"must be a multiple of the {num_devices} devices")
+    _require(
+        train.batch_size % num_devices == 0,
+        "train.batch_size",
+        train.batch_size,
+        f"must be divisible by the {num_devices} devices",
+    )
+    _require(
+        train.batch_size <= num_train,
+        "train.batch_size",
+        train.batch_size,
+        f"is larger than the {num_train} training examples of {dataset.name}",
+    )
+    _require(
+        train.eval_batch_size % num_devices == 0,
+        "train.eval_batch_size",
+        train.eval_batch_size,
+        f"must be a multiple of the {num_devices} devices",
+    )
 
 
 def model(config: ml_collections.ConfigDict, num_classes: int):
     m = config.model
-    return steps.make_model(num_classes, depth=m.depth, width=m.width, alpha=m.alpha, dtype=m.dtype,
-                            batch_norm=m.batch_norm, max_pool=m.max_pool, stem=m.stem, head_dtype=m.head_dtype,
-                            bn_group_size=m.bn_group_size)
+    return steps.make_model(
+        num_classes,
+        depth=m.depth,
+        width=m.width,
+        alpha=m.alpha,
+        dtype=m.dtype,
+        batch_norm=m.batch_norm,
+        max_pool=m.max_pool,
+        stem=m.stem,
+        head_dtype=m.head_dtype,
+        bn_group_size=m.bn_group_size,
+    )
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
     """The trunk's learning rate by step (the head's is head_lr_mult times it)."""
     t = config.train
-    return steps.lr_schedule(t.lr, batch_size=t.batch_size, scaling=t.lr_scaling,
-                             warmup_steps=round(t.warmup_epochs * steps_per_epoch),
-                             decay_steps=t.num_epochs * steps_per_epoch if t.lr_decay == "cosine" else 0)
+    return steps.lr_schedule(
+        t.lr,
+        batch_size=t.batch_size,
+        scaling=t.lr_scaling,
+        warmup_steps=round(t.warmup_epochs * steps_per_epoch),
+        decay_steps=t.num_epochs * steps_per_epoch if t.lr_decay == "cosine" else 0,
+    )
 
 
 def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
@@ -127,16 +236,26 @@ def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
 
 
 def scheme(config: ml_collections.ConfigDict, dataset: catalog.Dataset) -> schemes.Scheme:
-    return schemes.create(config.loss.scheme, config.loss.delta_rel, dataset.unobserved_value, config.loss.group_size)
+    return schemes.create(
+        config.loss.scheme, config.loss.delta_rel, dataset.unobserved_value, config.loss.group_size
+    )
 
 
-def pipeline_options(config: ml_collections.ConfigDict, num_devices: int, process_index: int = 0,
-                     process_count: int = 1) -> input_pipeline.Options:
+def pipeline_options(
+    config: ml_collections.ConfigDict, num_devices: int, process_index: int = 0, process_count: int = 1
+) -> input_pipeline.Options:
     data = config.data
     return input_pipeline.Options(
-        image_size=data.image_size, batch_size=config.train.batch_size, eval_batch_size=config.train.eval_batch_size,
-        seed=config.seed, resize=data.resize, random_flip=data.random_flip, train_labels=data.train_labels,
-        observation=data.observation, process_index=process_index, process_count=process_count,
+        image_size=data.image_size,
+        batch_size=config.train.batch_size,
+        eval_batch_size=config.train.eval_batch_size,
+        seed=config.seed,
+        resize=data.resize,
+        random_flip=data.random_flip,
+        train_labels=data.train_labels,
+        observation=data.observation,
+        process_index=process_index,
+        process_count=process_count,
         row_multiple=num_devices,
     )
 

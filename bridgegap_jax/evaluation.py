@@ -15,8 +15,9 @@ from bridgegap_jax import input_pipeline, metrics, sharding
 from bridgegap_jax.datasets.catalog import Dataset
 
 
-def predict(eval_fn: Callable, model_vars: dict, batches: Iterable[dict], mesh,
-            num_examples: int) -> tuple[np.ndarray, np.ndarray, float]:
+def predict(
+    eval_fn: Callable, model_vars: dict, batches: Iterable[dict], mesh, num_examples: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(probabilities (N, C), labels (N, C), BCE sum over the counted entries) in stored order.
 
     Global batch b holds examples b*B .. b*B+B-1 (process p's rows are the p-th block), so the
@@ -28,7 +29,11 @@ def predict(eval_fn: Callable, model_vars: dict, batches: Iterable[dict], mesh,
     def collect(item):
         nonlocal bce
         device_probs, device_bce, device_labels = item
-        p, b, y = sharding.to_host(device_probs), sharding.to_host(device_bce), sharding.to_host(device_labels)
+        p, b, y = (
+            sharding.to_host(device_probs),
+            sharding.to_host(device_bce),
+            sharding.to_host(device_labels),
+        )
         keep = min(len(p), num_examples - sum(len(x) for x in probs))
         probs.append(p[:keep])
         labels.append(y[:keep])
@@ -57,17 +62,29 @@ def summarize(dataset: Dataset, probs: np.ndarray, labels: np.ndarray, bce_sum: 
     }
     for key, group in summary.items():
         if key.startswith("group"):
-            result[key] = {"map": json_number(group["map"]), "map_with_positives": json_number(group["map_with_positives"])}
+            result[key] = {
+                "map": json_number(group["map"]),
+                "map_with_positives": json_number(group["map_with_positives"]),
+            }
     return result
 
 
-def evaluate(eval_fn: Callable, model_vars: dict, dataset: Dataset, split: str, batches: Iterable[dict], mesh) -> dict:
+def evaluate(
+    eval_fn: Callable, model_vars: dict, dataset: Dataset, split: str, batches: Iterable[dict], mesh
+) -> dict:
     probs, labels, bce = predict(eval_fn, model_vars, batches, mesh, dataset.split_sizes[split])
     return summarize(dataset, probs, labels, bce)
 
 
-def evaluate_split(eval_fn: Callable, model_vars: dict, dataset: Dataset, split: str,
-                   options: input_pipeline.Options, mesh, workers: int = 0) -> dict:
+def evaluate_split(
+    eval_fn: Callable,
+    model_vars: dict,
+    dataset: Dataset,
+    split: str,
+    options: input_pipeline.Options,
+    mesh,
+    workers: int = 0,
+) -> dict:
     """One pass over `split` with a pipeline of its own (tools and tests; training reuses its stream)."""
     reader = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, split, options), options)
     with input_pipeline.Stream(reader, workers=workers) as stream:

@@ -100,7 +100,9 @@ def parse_runs(specs: Sequence[str]) -> list[tuple[str, str]]:
         runs.append((name, workdir))
     names = [name for name, _ in runs]
     if len(runs) < 2:
-        raise ExplainError(f"give at least two runs to compare (--run NAME=WORKDIR, twice or more), got {len(runs)}")
+        raise ExplainError(
+            f"give at least two runs to compare (--run NAME=WORKDIR, twice or more), got {len(runs)}"
+        )
     if len(set(names)) != len(names):
         raise ExplainError(f"run names must differ, got {names}")
     return runs
@@ -115,7 +117,9 @@ def open_run(name: str, workdir: str) -> Run:
     run_dir = RunDir(workdir)  # local or gs:// workdirs
     config_path = run_dir.file(CONFIG_FILE)
     if not run_dir.path.is_dir():
-        raise RunNotFoundError(f"run {name!r}: workdir {workdir} does not exist; make it with `{_train_command(workdir)}`")
+        raise RunNotFoundError(
+            f"run {name!r}: workdir {workdir} does not exist; make it with `{_train_command(workdir)}`"
+        )
     if not config_path.exists():
         raise RunNotFoundError(
             f"run {name!r}: {config_path} is missing, so {workdir} is not a training run; make one with "
@@ -190,7 +194,9 @@ def resolve_classes(requested: Sequence[str], names: Sequence[str]) -> list[int]
             ids.append(int(item))
         else:
             shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
-            raise ExplainError(f"class {item!r} not found; classes are: {shown} (or an index 0..{len(names) - 1})")
+            raise ExplainError(
+                f"class {item!r} not found; classes are: {shown} (or an index 0..{len(names) - 1})"
+            )
     return ids
 
 
@@ -238,7 +244,11 @@ def positive_class_ids(labels: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray
 # ----------------------------------------------------------------------------------------------
 def _pair_keys(seed: int, index: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
     """A seeded pseudo-random key per (image, class): splitmix64, independent of batching."""
-    x = (index.astype(np.uint64) << np.uint64(20)) + class_ids.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    x = (
+        (index.astype(np.uint64) << np.uint64(20))
+        + class_ids.astype(np.uint64)
+        + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+    )
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
@@ -277,7 +287,10 @@ class RowPicker:
 # ----------------------------------------------------------------------------------------------
 def extract_split(runs, models, columns, batches, mesh, picker: RowPicker):
     """Every ground-truth-positive pair's map (H'*W' cells) and probability, for every column."""
-    fns = {run.name: cam_fn(models[run.name], [c.alpha for c in columns if c.run == run.name], mesh) for run in runs}
+    fns = {
+        run.name: cam_fn(models[run.name], [c.alpha for c in columns if c.run == run.name], mesh)
+        for run in runs
+    }
     maps = {c.name: [] for c in columns}
     probs = {c.name: [] for c in columns}
     num_images, grid = 0, None
@@ -315,11 +328,16 @@ def figure_maps(runs, models, columns, picked, mesh, image_size: int):
     out_maps, out_probs = {}, {}
     for run in runs:
         alphas = [c.alpha for c in columns if c.run == run.name]
-        run_maps, run_probs = cam_fn(models[run.name], alphas, mesh, upsample_to=image_size)(run.variables, images, class_ids)
+        run_maps, run_probs = cam_fn(models[run.name], alphas, mesh, upsample_to=image_size)(
+            run.variables, images, class_ids
+        )
         run_maps, run_probs = sharding.to_host(run_maps), sharding.to_host(run_probs)
         for a, column in enumerate(c for c in columns if c.run == run.name):
             out_maps[column.name], out_probs[column.name] = run_maps[a, :n, :, :, 0], run_probs[a, :n, 0]
-    return (np.stack([out_maps[c.name] for c in columns], 1), np.stack([out_probs[c.name] for c in columns], 1))
+    return (
+        np.stack([out_maps[c.name] for c in columns], 1),
+        np.stack([out_probs[c.name] for c in columns], 1),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,30 +376,43 @@ def explain(
     class_list = list(dataset.class_names)  # names where the dataset has them, else indices
     class_filter = resolve_classes(classes, class_list)
     if split not in dataset.split_sizes:
-        raise ExplainError(f"--split={split!r} is not one of the dataset's splits {sorted(dataset.split_sizes)}")
+        raise ExplainError(
+            f"--split={split!r} is not one of the dataset's splits {sorted(dataset.split_sizes)}"
+        )
     num_examples = dataset.split_sizes[split]
     outside = [i for i in image_ids if not 0 <= i < num_examples]
     if outside:
-        raise ExplainError(f"--image_ids {outside} are not in split {split!r}, whose images are 0..{num_examples - 1}")
+        raise ExplainError(
+            f"--image_ids {outside} are not in split {split!r}, whose images are 0..{num_examples - 1}"
+        )
 
     mesh = sharding.make_mesh()
     batch_size = config.train.eval_batch_size
     if batch_size % mesh.size:
-        raise ExplainError(f"config.train.eval_batch_size={batch_size} of run {reference!r} is not divisible by the {mesh.size} devices")
+        raise ExplainError(
+            f"config.train.eval_batch_size={batch_size} of run "
+            f"{reference!r} is not divisible by the {mesh.size} devices"
+        )
     models = {}
     for run in runs:
         models[run.name], run.variables = restore(run, mesh)
     columns = make_columns(runs, inference_alpha)
 
     picker = RowPicker(num_rows, seed, class_filter, image_ids)
-    options = input_pipeline.Options(image_size=config.data.image_size, batch_size=batch_size, eval_batch_size=batch_size,
-                                     resize=config.data.get("resize", "bilinear"))
+    options = input_pipeline.Options(
+        image_size=config.data.image_size,
+        batch_size=batch_size,
+        eval_batch_size=batch_size,
+        resize=config.data.get("resize", "bilinear"),
+    )
     reader = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, split, options), options)
     with input_pipeline.Stream(reader, workers=workers) as batches:
         maps, probs, num_images, grid = extract_split(runs, models, columns, batches, mesh, picker)
 
     os.makedirs(out, exist_ok=True)
-    figures = write_figures(out, runs, models, columns, picker.picked(), mesh, config.data.image_size, class_list, rows_per_figure)
+    figures = write_figures(
+        out, runs, models, columns, picker.picked(), mesh, config.data.image_size, class_list, rows_per_figure
+    )
     summary = {
         "dataset": config.data.name,
         "split": split,
@@ -415,7 +446,9 @@ def write_figures(out, runs, models, columns, picked, mesh, image_size, names, r
         name = f"cams_{start // rows_per_figure + 1}.png"
         images = np.stack([image for _, _, image in picked[part]])
         rows = [(i, c) for i, c, _ in picked[part]]
-        cam_figures.draw_cam_figure(os.path.join(out, name), images, rows, maps[part], probs[part], columns, names)
+        cam_figures.draw_cam_figure(
+            os.path.join(out, name), images, rows, maps[part], probs[part], columns, names
+        )
         files.append({"file": name, "rows": [{"image": i, "class": names[c]} for i, c in rows]})
     return files
 
@@ -445,18 +478,34 @@ def define_flags():
     from absl import flags
 
     flags.DEFINE_multi_string("run", None, "NAME=WORKDIR of a run to compare; give two or more.")
-    flags.DEFINE_string("reference", None, "Name of the reference (full-label) run; default: the first --run.")
+    flags.DEFINE_string(
+        "reference", None, "Name of the reference (full-label) run; default: the first --run."
+    )
     flags.DEFINE_string("split", "test", "Dataset split to explain.")
-    flags.DEFINE_string("out", None, "Output folder for the PNG figures and summary.json; default: a new folder "
-                        "explain/<YYYYmmdd-HHMMSS>, so that earlier results and tracked files are never overwritten.")
-    flags.DEFINE_float("inference_alpha", 5.0, "BoostLU alpha of the '+ BoostLU at inference' columns (1: none).")
-    flags.DEFINE_float("top_k_percent", 20.0, "k of the top-k% IoU between a model's and the reference's map.")
-    flags.DEFINE_list("classes", [], "Figure rows only for these classes (names, or indices where there are none).")
+    flags.DEFINE_string(
+        "out",
+        None,
+        "Output folder for the PNG figures and summary.json; default: a new folder "
+        "explain/<YYYYmmdd-HHMMSS>, so that earlier results and tracked files are never overwritten.",
+    )
+    flags.DEFINE_float(
+        "inference_alpha", 5.0, "BoostLU alpha of the '+ BoostLU at inference' columns (1: none)."
+    )
+    flags.DEFINE_float(
+        "top_k_percent", 20.0, "k of the top-k% IoU between a model's and the reference's map."
+    )
+    flags.DEFINE_list(
+        "classes", [], "Figure rows only for these classes (names, or indices where there are none)."
+    )
     flags.DEFINE_list("image_ids", [], "Figure rows only for these images (their index in the split).")
-    flags.DEFINE_integer("num_rows", 8, "Figure rows: a seeded random sample of the matching (image, class) pairs.")
+    flags.DEFINE_integer(
+        "num_rows", 8, "Figure rows: a seeded random sample of the matching (image, class) pairs."
+    )
     flags.DEFINE_integer("rows_per_figure", 4, "Rows per PNG file.")
     flags.DEFINE_integer("seed", 0, "Seed of the row sample.")
-    flags.DEFINE_string("data_dir", None, "Where the dataset is prepared; default: the reference run's config.data.data_dir.")
+    flags.DEFINE_string(
+        "data_dir", None, "Where the dataset is prepared; default: the reference run's config.data.data_dir."
+    )
     flags.mark_flags_as_required(["run"])
 
 
@@ -476,15 +525,26 @@ def main(argv):
     out = f.out or default_out()
     try:
         summary = explain(
-            parse_runs(f.run), out, reference=f.reference, split=f.split, inference_alpha=f.inference_alpha,
-            top_k_percent=f.top_k_percent, classes=f.classes, image_ids=image_ids, num_rows=f.num_rows,
-            rows_per_figure=f.rows_per_figure, seed=f.seed, data_dir=f.data_dir,
+            parse_runs(f.run),
+            out,
+            reference=f.reference,
+            split=f.split,
+            inference_alpha=f.inference_alpha,
+            top_k_percent=f.top_k_percent,
+            classes=f.classes,
+            image_ids=image_ids,
+            num_rows=f.num_rows,
+            rows_per_figure=f.rows_per_figure,
+            seed=f.seed,
+            data_dir=f.data_dir,
         )
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(format_summary(summary))
-    print(f"wrote {SUMMARY_FILE}, scatter.png, ratios.png and {len(summary['figures'])} CAM figure(s) to {out}")
+    print(
+        f"wrote {SUMMARY_FILE}, scatter.png, ratios.png and {len(summary['figures'])} CAM figure(s) to {out}"
+    )
 
 
 def format_summary(summary: dict) -> str:
@@ -492,16 +552,22 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"{summary['dataset']} {summary['split']}: {summary['num_positive_pairs']} ground-truth-positive pairs, "
         f"CAM grid {summary['cam_grid']}, reference {summary['reference']!r}",
-        f"{'model':34s} {'mean+attr':>9s} {'mean p':>7s} {'slope+':>7s} {'slope-':>7s} {'ratio+':>7s} {'ratio-':>7s} {'pearson':>7s} {'IoU':>6s}",
+        f"{'model':34s} {'mean+attr':>9s} {'mean p':>7s} {'slope+':>7s} "
+        f"{'slope-':>7s} {'ratio+':>7s} {'ratio-':>7s} {'pearson':>7s} {'IoU':>6s}",
     ]
     for name, m in summary["models"].items():
         v = m.get("vs_reference")
         iou = next((value for key, value in v.items() if key.endswith("_iou_mean")), None) if v else None
         compared = (
-            f" {v['slope_positive_cells']:7.3f} {v['slope_negative_cells']:7.3f} {v['median_ratio_positive_cells']:7.3f}"
-            f" {v['median_ratio_negative_cells']:7.3f} {v['pearson_mean']:7.3f} {iou:6.3f}" if v else "  (reference)"
+            f" {v['slope_positive_cells']:7.3f} {v['slope_negative_cells']:7.3f} "
+            f"{v['median_ratio_positive_cells']:7.3f}"
+            f" {v['median_ratio_negative_cells']:7.3f} {v['pearson_mean']:7.3f} {iou:6.3f}"
+            if v
+            else "  (reference)"
         )
-        lines.append(f"{name:34s} {m['mean_positive_cell_attribution']:9.3f} {m['mean_probability']:7.3f}{compared}")
+        lines.append(
+            f"{name:34s} {m['mean_positive_cell_attribution']:9.3f} {m['mean_probability']:7.3f}{compared}"
+        )
     return "\n".join(lines)
 
 

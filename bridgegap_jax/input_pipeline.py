@@ -58,10 +58,14 @@ class Options:
 def check_options(options: Options) -> None:
     images.check_method(options.resize)
     if options.train_labels not in TRAIN_LABELS:
-        raise ValueError(f"config.data.train_labels={options.train_labels!r} is not one of {', '.join(TRAIN_LABELS)}")
+        raise ValueError(
+            f"config.data.train_labels={options.train_labels!r} is not one of {', '.join(TRAIN_LABELS)}"
+        )
     if masks.parse(options.observation) is not None and options.train_labels != "observed":
-        raise ValueError(f"config.data.observation={options.observation!r} simulates observed labels from the full "
-                         "labels; it needs config.data.train_labels='observed'")
+        raise ValueError(
+            f"config.data.observation={options.observation!r} simulates observed labels from the full "
+            "labels; it needs config.data.train_labels='observed'"
+        )
 
 
 def last_batch_rows(num_examples: int, options: Options) -> int:
@@ -125,7 +129,9 @@ class BatchReader:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._permutations:  # one epoch at a time: OpenImages' is 27 MB
-            self._permutations = {epoch: epoch_permutation(self.options.seed, epoch, self.dataset.split_sizes["train"])}
+            self._permutations = {
+                epoch: epoch_permutation(self.options.seed, epoch, self.dataset.split_sizes["train"])
+            }
         return self._permutations[epoch]
 
     def _read(self, split: str, index: np.ndarray, flip: np.ndarray | None = None):
@@ -143,26 +149,36 @@ class BatchReader:
                 raise images.DecodeError(
                     f"{self.dataset.directory}, split {split}, example {int(index[row])} (image "
                     f"{record['image_id'].decode(errors='replace')}): {error}; re-run the prepare command, which "
-                    "drops unreadable images") from None
+                    "drops unreadable images"
+                ) from None
             out[row] = image[:, ::-1] if flip is not None and flip[row] else image
         return out, records
 
     def _train_batch(self, part: Segment, step: int) -> dict[str, np.ndarray]:
         o = self.options
-        batch_index = self._permutation(part.epoch)[step * o.batch_size:][: o.batch_size]
+        batch_index = self._permutation(part.epoch)[step * o.batch_size :][: o.batch_size]
         batch_index = batch_index[: len(batch_index) // o.row_multiple * o.row_multiple]
         rows = len(batch_index) // o.process_count
-        index = batch_index[o.process_index * rows:][:rows]
+        index = batch_index[o.process_index * rows :][:rows]
         flip = flips(o.seed, part.epoch, index) if o.random_flip else None
         image, records = self._read(part.split, index, flip)
         parsed = masks.parse(o.observation)
         if parsed is None:
             labels = _stack(records, TRAIN_LABELS[o.train_labels], self.dataset.num_classes)
         else:
-            labels = masks.observe(_stack(records, "labels", self.dataset.num_classes), index, mode=o.observation,
-                                   seed=o.observation_seed, encoding=self.dataset.label_encoding)
-        return {"image": image, "labels": labels, "index": index.astype(np.int64),
-                "batch_index": batch_index.astype(np.int64)}
+            labels = masks.observe(
+                _stack(records, "labels", self.dataset.num_classes),
+                index,
+                mode=o.observation,
+                seed=o.observation_seed,
+                encoding=self.dataset.label_encoding,
+            )
+        return {
+            "image": image,
+            "labels": labels,
+            "index": index.astype(np.int64),
+            "batch_index": batch_index.astype(np.int64),
+        }
 
     def _eval_batch(self, part: Segment, batch: int) -> dict[str, np.ndarray]:
         o = self.options
@@ -218,7 +234,8 @@ class Stream:
         if workers > 0:
             iterable = iterable.mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer_per_worker),
-                worker_init_fn=_leave_interrupts_to_the_parent)
+                worker_init_fn=_leave_interrupts_to_the_parent,
+            )
         self._iterator = iter(iterable)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:

@@ -174,11 +174,15 @@ class GroupBatchNorm(nn.Module):
         size = min(self.group_size, x.shape[0])
         per_row = (x.shape[0],) + (1,) * (x.ndim - 2) + features
         row_mean = jnp.repeat(mean, size, axis=0)[: x.shape[0]].reshape(per_row)
-        row_mul = jnp.repeat(lax.rsqrt(var + self.epsilon) * scale, size, axis=0)[: x.shape[0]].reshape(per_row)
+        row_mul = jnp.repeat(lax.rsqrt(var + self.epsilon) * scale, size, axis=0)[: x.shape[0]].reshape(
+            per_row
+        )
         y = _affine(x, row_mean, row_mul, bias, residual, relu, self.dtype)
         if not self.is_initializing():
             for g in range(mean.shape[0]):  # static: one update per group, in batch order
-                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean[g])
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(
+                    mean[g]
+                )
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var[g])
         return y
 

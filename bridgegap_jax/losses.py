@@ -29,10 +29,16 @@ def assume_negative(logits: jax.Array, observed: jax.Array, unobserved_value: in
     """(per-entry AN loss, flipped-target loss, unobserved mask): the target is max(observed, 0)."""
     logits = logits.astype(jnp.float32)
     target = jnp.maximum(observed, 0).astype(jnp.float32)
-    return bce_with_logits(logits, target), bce_with_logits(logits, 1.0 - target), observed == unobserved_value
+    return (
+        bce_with_logits(logits, target),
+        bce_with_logits(logits, 1.0 - target),
+        observed == unobserved_value,
+    )
 
 
-def select_large_losses(loss: jax.Array, unobserved: jax.Array, k: jax.Array, group_size: int = 0) -> jax.Array:
+def select_large_losses(
+    loss: jax.Array, unobserved: jax.Array, k: jax.Array, group_size: int = 0
+) -> jax.Array:
     """(B, C) bool: in each group of rows, the unobserved entries whose loss is >= the group's k-th
     largest unobserved loss (k = 0: none).
 

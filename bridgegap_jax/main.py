@@ -24,21 +24,39 @@ from ml_collections import config_flags
 
 from bridgegap_jax import xla_options
 
-config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py); override fields with --config.a.b=value.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, metrics.jsonl, TensorBoard, result.json.")
-flags.DEFINE_bool("distributed", False, "Join a multi-process run (jax.distributed.initialize): every process passes "
-                  "it. Cloud TPU pods, SLURM and Open MPI need nothing else; other clusters also give "
-                  "--coordinator_address, --num_processes and --process_id.")
-flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0, reachable from every "
-                    "process.")
+config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/*.py); override fields with --config.a.b=value.", lock_config=True
+)
+flags.DEFINE_string(
+    "workdir", None, "Directory of the run: checkpoints, metrics.jsonl, TensorBoard, result.json."
+)
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run (jax.distributed.initialize): every process passes "
+    "it. Cloud TPU pods, SLURM and Open MPI need nothing else; other clusters also give "
+    "--coordinator_address, --num_processes and --process_id.",
+)
+flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: host:port of process 0, reachable from every process."
+)
 flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
 flags.DEFINE_integer("process_id", None, "With --distributed: this process's id, 0 .. num_processes - 1.")
-flags.DEFINE_bool("workdir_is_shared", False, "A multi-process run may use a local --workdir path: it is a shared "
-                  "file system (NFS) that every process sees at that path.")
-flags.DEFINE_bool("verbose", False, "Also show what the libraries log (orbax, grain, absl) and their warnings.")
-flags.DEFINE_string("xla_options", "", "Comma-separated XLA GPU compiler presets (bridgegap_jax/xla_options.py: "
-                    "conv-fusion, nhwc, exhaustive); speed only, so not part of the run's config.")
+flags.DEFINE_bool(
+    "workdir_is_shared",
+    False,
+    "A multi-process run may use a local --workdir path: it is a shared "
+    "file system (NFS) that every process sees at that path.",
+)
+flags.DEFINE_bool(
+    "verbose", False, "Also show what the libraries log (orbax, grain, absl) and their warnings."
+)
+flags.DEFINE_string(
+    "xla_options",
+    "",
+    "Comma-separated XLA GPU compiler presets (bridgegap_jax/xla_options.py: "
+    "conv-fusion, nhwc, exhaustive); speed only, so not part of the run's config.",
+)
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of its one-line message.")
 
 EXIT_USER_ERROR = 2
@@ -79,7 +97,11 @@ def quiet_libraries(verbose: bool) -> None:
 
 def initialize_distributed(distributed: bool, coordinator_address, num_processes, process_id) -> None:
     """jax.distributed.initialize, before anything touches a device; a no-op without --distributed."""
-    given = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
+    given = {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+    }
     if not distributed:
         named = [f"--{name}" for name, value in given.items() if value is not None]
         if named:
@@ -136,7 +158,9 @@ def main(argv):
     workdir = FLAGS.workdir
     try:
         xla_options.apply(FLAGS.xla_options)  # before any device use: XLA reads its flags once
-        initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        initialize_distributed(
+            FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
         check_shared_workdir(workdir, FLAGS.workdir_is_shared)
         from bridgegap_jax import trainer  # after flag parsing: --help stays fast
 
@@ -148,14 +172,18 @@ def main(argv):
     except KeyboardInterrupt:
         if FLAGS.debug:
             raise
-        sys.unraisablehook = lambda unraisable: None  # what the interrupt left half-built fails when collected
+        sys.unraisablehook = lambda unraisable: (
+            None
+        )  # what the interrupt left half-built fails when collected
         fail(f"interrupted; {resume_hint(workdir)}")
     except Exception as error:  # noqa: BLE001 - only a full disk is turned into a message; the rest re-raises
         full = disk_full(error)
         if full is None or FLAGS.debug:
             raise
-        fail(f"no space left on the device holding {full.filename or workdir}: free some space (or choose another "
-             f"--workdir / --config.data.data_dir); then {resume_hint(workdir)}")
+        fail(
+            f"no space left on the device holding {full.filename or workdir}: free some space (or choose another "
+            f"--workdir / --config.data.data_dir); then {resume_hint(workdir)}"
+        )
 
 
 def run() -> None:

@@ -6,6 +6,7 @@ vectorised over classes so that OpenImages-sized matrices (125k x 5000) are
 feasible. Optional masks give observed-only evaluation (OpenImages: the mask is
 `labels != -1`).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -26,13 +27,11 @@ def _check_inputs(scores, labels, mask):
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D (N, C), got shape {scores.shape}")
     if labels.shape != scores.shape:
-        raise ValueError(
-            f"labels shape {labels.shape} does not match scores shape {scores.shape}")
+        raise ValueError(f"labels shape {labels.shape} does not match scores shape {scores.shape}")
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != scores.shape:
-            raise ValueError(
-                f"mask shape {mask.shape} does not match scores shape {scores.shape}")
+            raise ValueError(f"mask shape {mask.shape} does not match scores shape {scores.shape}")
     return scores, labels, mask
 
 
@@ -114,12 +113,11 @@ def mean_average_precision(ap, has_positive) -> dict:
     has_positive = np.asarray(has_positive, dtype=bool)
     if ap.ndim != 1 or has_positive.shape != ap.shape:
         raise ValueError(
-            f"ap shape {ap.shape} and has_positive shape {has_positive.shape} "
-            "must be equal and 1-D")
+            f"ap shape {ap.shape} and has_positive shape {has_positive.shape} must be equal and 1-D"
+        )
     return {
         "map": 100.0 * ap.mean() if ap.size else float("nan"),
-        "map_with_positives": (100.0 * ap[has_positive].mean()
-                               if has_positive.any() else float("nan")),
+        "map_with_positives": (100.0 * ap[has_positive].mean() if has_positive.any() else float("nan")),
         "num_classes": int(ap.size),
         "num_classes_without_positives": int((~has_positive).sum()),
     }
@@ -136,8 +134,7 @@ def frequency_groups(class_counts, num_groups: int = 5) -> np.ndarray:
         raise ValueError(f"class_counts must be 1-D, got shape {counts.shape}")
     num_classes = counts.shape[0]
     if num_groups < 1 or num_classes % num_groups != 0:
-        raise ValueError(
-            f"{num_classes} classes cannot be split into {num_groups} equal groups")
+        raise ValueError(f"{num_classes} classes cannot be split into {num_groups} equal groups")
     order = np.argsort(counts, kind="stable")
     groups = np.empty(num_classes, dtype=np.int64)
     groups[order] = np.arange(num_classes) // (num_classes // num_groups) + 1
@@ -167,8 +164,7 @@ def summarize(scores, labels, mask=None, groups=None, chunk_size: int = 256) -> 
     if groups is not None:
         groups = np.asarray(groups)
         if groups.shape != ap.shape:
-            raise ValueError(
-                f"groups shape {groups.shape} does not match number of classes {ap.shape}")
+            raise ValueError(f"groups shape {groups.shape} does not match number of classes {ap.shape}")
         for g in np.unique(groups):
             sel = groups == g
             out[f"group{int(g)}"] = mean_average_precision(ap[sel], has_positive[sel])

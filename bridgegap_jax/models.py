@@ -84,12 +84,16 @@ def batch_norm(train: bool, name: str, dtype) -> nn.BatchNorm:
     )
 
 
-def norm_act(y, train: bool, name: str, dtype, kind: str, residual=None, relu: bool = True, group_size: int = 0):
+def norm_act(
+    y, train: bool, name: str, dtype, kind: str, residual=None, relu: bool = True, group_size: int = 0
+):
     """relu(residual + bn(y)), the residual and the ReLU optional; `kind` is one of BATCH_NORMS:
     "fused" is one op with its own backward, "flax" is nn.BatchNorm, add and nn.relu. `group_size`
     G > 0 takes the training statistics over each group of G rows (layers.GroupBatchNorm)."""
     if group_size > 0:
-        norm = layers.GroupBatchNorm(not train, group_size, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+        norm = layers.GroupBatchNorm(
+            not train, group_size, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+        )
         return norm(y, residual, relu)
     if kind == "fused":
         norm = layers.BatchNorm(not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
@@ -195,8 +199,9 @@ class ResNetTrunk(nn.Module):
             for i in range(num_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1
                 name = f"layer{stage + 1}_{i}"
-                x = block(self.width * 2**stage, stride, self.dtype, self.batch_norm, self.bn_group_size,
-                          name=name)(x, train)
+                x = block(
+                    self.width * 2**stage, stride, self.dtype, self.batch_norm, self.bn_group_size, name=name
+                )(x, train)
         return x
 
 
@@ -216,8 +221,16 @@ class CAMClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        trunk = ResNetTrunk(self.depth, self.width, self.dtype, self.batch_norm, self.max_pool, self.stem,
-                            self.bn_group_size, name="trunk")
+        trunk = ResNetTrunk(
+            self.depth,
+            self.width,
+            self.dtype,
+            self.batch_norm,
+            self.max_pool,
+            self.stem,
+            self.bn_group_size,
+            name="trunk",
+        )
         features = trunk(normalize_images(images), train)
         if jnp.dtype(self.head_dtype) == jnp.float32:
             promote, head_conv, features = promote_dtype, None, features.astype(jnp.float32)

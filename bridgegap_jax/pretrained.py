@@ -66,7 +66,8 @@ def where_to_get(depth: int = 50, out: str = "DIR") -> str:
     """The files that work and the command that converts them (for error messages)."""
     return (
         f"download torchvision's ImageNet ResNet-{depth} weights, {TORCHVISION_URLS[(depth, 'V1')]} "
-        f"(IMAGENET1K_V1, what the BoostLU reference's pretrained=True loads; V2: {TORCHVISION_URLS[(depth, 'V2')]}), "
+        "(IMAGENET1K_V1, what the BoostLU reference's pretrained=True "
+        f"loads; V2: {TORCHVISION_URLS[(depth, 'V2')]}), "
         f"or model.safetensors of the Hugging Face model {TIMM_NAMES[depth]}, then convert it once with "
         f"`python -m bridgegap_jax.pretrained --source=FILE --out={out} --depth={depth}` "
         f"and set --config.model.pretrained={out}; or train from a random initialisation with "
@@ -78,8 +79,16 @@ def where_to_get(depth: int = 50, out: str = "DIR") -> str:
 # Reading the source files
 # ----------------------------------------------------------------------------------------------
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": None,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 
 
@@ -93,7 +102,9 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path} is not a safetensors file (only {len(raw)} bytes)")
     header_len = int.from_bytes(raw[:8], "little")
     if header_len > len(raw) - 8:
-        raise WeightsError(f"{path} is not a safetensors file (header length {header_len} exceeds the file size)")
+        raise WeightsError(
+            f"{path} is not a safetensors file (header length {header_len} exceeds the file size)"
+        )
     try:
         header = json.loads(raw[8 : 8 + header_len])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -106,8 +117,10 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
         try:
             dtype_name, shape, (start, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise WeightsError(f"{path} is not a safetensors file (tensor {name!r} lacks a dtype, shape or "
-                               "data_offsets); download it again") from None
+            raise WeightsError(
+                f"{path} is not a safetensors file (tensor {name!r} lacks a dtype, shape or "
+                "data_offsets); download it again"
+            ) from None
         if dtype_name not in _SAFETENSORS_DTYPES:
             raise WeightsError(f"{path}: tensor {name} has unsupported dtype {dtype_name}")
         if end > len(data):
@@ -116,7 +129,9 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
             bits = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint32) << 16
             array = bits.view(np.float32)
         else:
-            array = np.frombuffer(data[start:end], dtype=np.dtype(_SAFETENSORS_DTYPES[dtype_name]).newbyteorder("<"))
+            array = np.frombuffer(
+                data[start:end], dtype=np.dtype(_SAFETENSORS_DTYPES[dtype_name]).newbyteorder("<")
+            )
         tensors[name] = array.reshape(shape).astype(array.dtype.newbyteorder("="))
     return tensors
 
@@ -133,13 +148,17 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch refuses unsafe or broken pickles with several types
-        raise WeightsError(f"{path} is not a plain torchvision state dict: torch refused to load it with "
-                           f"weights_only=True ({type(e).__name__}: {' '.join(str(e).split())[:200]}); use "
-                           "torchvision's own file or a .safetensors file") from None
+        raise WeightsError(
+            f"{path} is not a plain torchvision state dict: torch refused to load it with "
+            f"weights_only=True ({type(e).__name__}: {' '.join(str(e).split())[:200]}); use "
+            "torchvision's own file or a .safetensors file"
+        ) from None
     if not isinstance(state, Mapping) or not all(hasattr(v, "numpy") for v in state.values()):
         raise WeightsError(f"{path} is not a plain state dict {{name: tensor}} as torchvision's files are")
-    return {name: value.detach().cpu().float().numpy() if value.is_floating_point() else value.numpy()
-            for name, value in state.items()}
+    return {
+        name: value.detach().cpu().float().numpy() if value.is_floating_point() else value.numpy()
+        for name, value in state.items()
+    }
 
 
 def read_source(path: str) -> dict[str, np.ndarray]:
@@ -158,7 +177,9 @@ def _check_torchvision_hash(path: str) -> None:
     """torchvision's file names carry the first 8 hex digits of the file's sha256: check them."""
     match = re.fullmatch(r"resnet\d+-([0-9a-f]{8})\.pth", os.path.basename(path))
     if match and not sha256(path).startswith(match.group(1)):
-        raise WeightsError(f"{path} is corrupt or truncated: its sha256 does not start with {match.group(1)}; download it again")
+        raise WeightsError(
+            f"{path} is corrupt or truncated: its sha256 does not start with {match.group(1)}; download it again"
+        )
 
 
 def sha256(path: str) -> str:
@@ -172,8 +193,12 @@ def sha256(path: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # The key map
 # ----------------------------------------------------------------------------------------------
-_BN_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-              "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BN_LEAVES = {
+    "weight": ("params", "scale"),
+    "bias": ("params", "bias"),
+    "running_mean": ("batch_stats", "mean"),
+    "running_var": ("batch_stats", "var"),
+}
 
 
 def flax_path(torch_name: str) -> tuple[str, tuple[str, ...]] | None:
@@ -241,12 +266,16 @@ def infer_depth(state_dict: Mapping[str, Any]) -> int:
     """ResNet depth from the number of layer3 blocks and the block kind (conv3 = bottleneck)."""
     from bridgegap_jax.models import RESNET_STAGES
 
-    blocks = tuple(len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{s}.")}) for s in range(1, 5))
+    blocks = tuple(
+        len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{s}.")}) for s in range(1, 5)
+    )
     kind = "bottleneck" if any(".conv3." in k for k in state_dict) else "basic"
     for depth, stages in RESNET_STAGES.items():
         if stages == (kind, blocks):
             return depth
-    raise WeightsError(f"the state dict is not a torchvision ResNet ({kind} blocks per stage {blocks}); " + where_to_get())
+    raise WeightsError(
+        f"the state dict is not a torchvision ResNet ({kind} blocks per stage {blocks}); " + where_to_get()
+    )
 
 
 def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width: int = 64) -> dict[str, dict]:
@@ -285,14 +314,26 @@ def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width:
     missing = [_name(k) for k in expected if k not in filled and k not in mismatched_keys]
     problems = []
     if unknown:
-        problems.append(f"{len(unknown)} unknown key(s): {', '.join(sorted(unknown)[:10])}{' ...' if len(unknown) > 10 else ''}")
+        problems.append(
+            f"{len(unknown)} unknown key(s): {', '.join(sorted(unknown)[:10])}{' ...' if len(unknown) > 10 else ''}"
+        )
     if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''}")
+        problems.append(
+            f"{len(mismatched)} shape mismatch(es): "
+            f"{'; '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''}"
+        )
     if missing:
-        problems.append(f"{len(missing)} Flax leaf/leaves not filled: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        problems.append(
+            f"{len(missing)} Flax leaf/leaves not filled: "
+            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+        )
     if problems:
-        raise WeightsError(f"these weights are not a torchvision ResNet-{depth} (width {width}): " + "; ".join(problems)
-                         + ". Check --depth; " + where_to_get(depth if depth in (50, 101) else 50))
+        raise WeightsError(
+            f"these weights are not a torchvision ResNet-{depth} (width {width}): "
+            + "; ".join(problems)
+            + ". Check --depth; "
+            + where_to_get(depth if depth in (50, 101) else 50)
+        )
     return _unflatten(filled)
 
 
@@ -321,8 +362,15 @@ def save_trunk(out: str, trunk: dict, info: dict) -> str:
         raise FileExistsError(f"{out} exists; remove it or choose another --out")
     shapes = {"/".join(k): list(v.shape) for k, v in _flatten(trunk).items()}
     ckpt = _checkpointer()
-    ckpt.save(out, args=ocp.args.Composite(**{VARIABLES_ITEM: ocp.args.StandardSave(trunk),
-                                              INFO_ITEM: ocp.args.JsonSave({**info, "shapes": shapes})}))
+    ckpt.save(
+        out,
+        args=ocp.args.Composite(
+            **{
+                VARIABLES_ITEM: ocp.args.StandardSave(trunk),
+                INFO_ITEM: ocp.args.JsonSave({**info, "shapes": shapes}),
+            }
+        ),
+    )
     return out
 
 
@@ -333,9 +381,13 @@ def read_info(path: str) -> dict:
 
     path = _resolve(path)
     if not (epath.Path(path) / VARIABLES_ITEM).exists():
-        raise WeightsNotFoundError(f"model.pretrained={path}: no converted trunk there (expected {path}/{VARIABLES_ITEM}); to make it, "
-                                + where_to_get(_guess_depth(path), out=path))
-    return _checkpointer().restore(path, args=ocp.args.Composite(**{INFO_ITEM: ocp.args.JsonRestore()}))[INFO_ITEM]
+        raise WeightsNotFoundError(
+            f"model.pretrained={path}: no converted trunk there (expected {path}/{VARIABLES_ITEM}); to make it, "
+            + where_to_get(_guess_depth(path), out=path)
+        )
+    return _checkpointer().restore(path, args=ocp.args.Composite(**{INFO_ITEM: ocp.args.JsonRestore()}))[
+        INFO_ITEM
+    ]
 
 
 def _guess_depth(path: str) -> int:
@@ -357,16 +409,20 @@ def load_pretrained_trunk(path: str, variables: Mapping) -> dict:
     if want != have:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         raise WeightsError(
-            f"model.pretrained={path} holds a ResNet-{info.get('depth')} trunk (width {info.get('width')}) that does not "
+            f"model.pretrained={path} holds a ResNet-{info.get('depth')} "
+            f"trunk (width {info.get('width')}) that does not "
             f"fit this model ({len(diff)} leaves differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); "
-            "convert the weights of the model.depth you train: " + where_to_get(info.get("depth") if info.get("depth") in (50, 101) else 50)
+            "convert the weights of the model.depth you train: "
+            + where_to_get(info.get("depth") if info.get("depth") in (50, 101) else 50)
         )
 
     def abstract(x):
         return jax.ShapeDtypeStruct(np.shape(x), np.float32, sharding=getattr(x, "sharding", None))
 
     target = jax.tree.map(abstract, current)
-    restored = _checkpointer().restore(path, args=ocp.args.Composite(**{VARIABLES_ITEM: ocp.args.StandardRestore(target)}))
+    restored = _checkpointer().restore(
+        path, args=ocp.args.Composite(**{VARIABLES_ITEM: ocp.args.StandardRestore(target)})
+    )
     trunk = restored[VARIABLES_ITEM]
     return {**variables, **{c: {**variables[c], "trunk": trunk[c]} for c in ("params", "batch_stats")}}
 
@@ -376,23 +432,40 @@ def convert(source: str, out: str, depth: int | None = None) -> str:
     state_dict = read_source(source)
     found = infer_depth(state_dict)
     if depth is not None and depth != found:
-        raise WeightsError(f"{source} holds ResNet-{found} weights, not ResNet-{depth}; " + where_to_get(depth))
+        raise WeightsError(
+            f"{source} holds ResNet-{found} weights, not ResNet-{depth}; " + where_to_get(depth)
+        )
     trunk = convert_torchvision(state_dict, found)
     dropped = sorted(k for k in state_dict if k.startswith("fc."))
-    info = {"depth": found, "width": 64, "source": os.path.abspath(os.path.expanduser(source)),
-            "source_sha256": sha256(os.path.expanduser(source)), "dropped": dropped}
+    info = {
+        "depth": found,
+        "width": 64,
+        "source": os.path.abspath(os.path.expanduser(source)),
+        "source_sha256": sha256(os.path.expanduser(source)),
+        "dropped": dropped,
+    }
     return save_trunk(out, trunk, info)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bridgegap_jax.pretrained",
-        description="Convert torchvision ImageNet ResNet weights (.pth or .safetensors) into the Flax trunk checkpoint "
-                    "that --config.model.pretrained loads.",
+        description="Convert torchvision ImageNet ResNet weights (.pth or .safetensors) into the Flax trunk "
+        "checkpoint that --config.model.pretrained loads.",
     )
-    parser.add_argument("--source", required=True, help="resnet50-0676ba61.pth, resnet101-63fe2227.pth, or a timm *.tv_in1k model.safetensors")
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="resnet50-0676ba61.pth, resnet101-63fe2227.pth, or a timm *.tv_in1k model.safetensors",
+    )
     parser.add_argument("--out", required=True, help="directory to create (orbax checkpoint + info)")
-    parser.add_argument("--depth", type=int, choices=(50, 101), default=None, help="expected depth (checked; inferred if omitted)")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        choices=(50, 101),
+        default=None,
+        help="expected depth (checked; inferred if omitted)",
+    )
     args = parser.parse_args(argv)
     try:
         out = convert(args.source, args.out, args.depth)

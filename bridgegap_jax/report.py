@@ -35,7 +35,9 @@ class Run:
     wall_time_s: float | None
     status: str  # 'finished', 'unfinished, epoch E/N' or 'not started'
     steps: int | None = None  # training steps done
-    images_per_second: float | None = None  # training, median of the logged windows but the first (compilation)
+    images_per_second: float | None = (
+        None  # training, median of the logged windows but the first (compilation)
+    )
 
     @property
     def finished(self) -> bool:
@@ -79,9 +81,14 @@ def load_run(workdir: str) -> Run:
     records = read_records(run_dir)
     pace = training_pace(records)
     if result is not None:
-        scores = {"val mAP": result["best_val_map"], "test mAP": result["test_map"],
-                  **result.get("test_groups", {})}
-        return Run(workdir, config, scores, result["best_epoch"], result.get("wall_time_s"), "finished", *pace)
+        scores = {
+            "val mAP": result["best_val_map"],
+            "test mAP": result["test_map"],
+            **result.get("test_groups", {}),
+        }
+        return Run(
+            workdir, config, scores, result["best_epoch"], result.get("wall_time_s"), "finished", *pace
+        )
     if not records:
         return Run(workdir, config, {}, None, None, "not started")
     epoch = max(record.get("epoch", 0) for record in records)
@@ -97,15 +104,17 @@ def training_pace(records: list[dict]) -> tuple[int | None, float | None]:
     """(training steps done, median images/s of the logged windows after the first)."""
     train = [r for r in records if r.get("kind") == "train"]
     rates = [r["images_per_second"] for r in train[1:] if r.get("images_per_second")]
-    return (max((r["step"] for r in train), default=None),
-            statistics.median(rates) if rates else None)
+    return (max((r["step"] for r in train), default=None), statistics.median(rates) if rates else None)
 
 
 def split_fields(configs: list[dict]) -> tuple[list[str], dict]:
     """The dotted names whose values differ between the configs, and the fields common to all."""
     names = sorted({name for config in configs for name in config})
-    common = {name: configs[0][name] for name in names
-              if all(name in c and c[name] == configs[0][name] for c in configs)}
+    common = {
+        name: configs[0][name]
+        for name in names
+        if all(name in c and c[name] == configs[0][name] for c in configs)
+    }
     return [name for name in names if name not in common], common
 
 
@@ -140,8 +149,11 @@ def markdown(header: list[str], rows: list[list[str]], numeric: set[str]) -> str
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
 
     def line(cells):
-        return "| " + " | ".join(c.rjust(w) if h in numeric else c.ljust(w)
-                                 for c, w, h in zip(cells, widths, header)) + " |"
+        return (
+            "| "
+            + " | ".join(c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, header))
+            + " |"
+        )
 
     def rule(width, name):  # '---:' right-aligns a column
         return "-" * (width + 1) + (":" if name in numeric else "-")
@@ -164,10 +176,13 @@ def run_table(runs: list[Run]) -> str:
     header = ["run"] + fields + ["best epoch"] + scores + ["wall time", "status"]
     rows = []
     for run in runs:
-        rows.append([run.workdir] + config_cells(run.config, fields)
-                    + ["" if run.best_epoch is None else str(run.best_epoch)]
-                    + [f"{run.scores[s]:.2f}" if s in run.scores else "" for s in scores]
-                    + ["" if run.wall_time_s is None else hms(run.wall_time_s), run.status])
+        rows.append(
+            [run.workdir]
+            + config_cells(run.config, fields)
+            + ["" if run.best_epoch is None else str(run.best_epoch)]
+            + [f"{run.scores[s]:.2f}" if s in run.scores else "" for s in scores]
+            + ["" if run.wall_time_s is None else hms(run.wall_time_s), run.status]
+        )
     return with_common(markdown(header, rows, {"best epoch", "wall time", *scores}), common)
 
 
@@ -195,23 +210,32 @@ def seed_table(runs: list[Run]) -> str:
         unfinished = [f"{run.workdir}: {run.status}" for run in group if not run.finished]
         walls = [run.wall_time_s for run in done if run.wall_time_s is not None]
         rates = [run.images_per_second for run in done if run.images_per_second]
-        rows.append(config_cells(config, fields)
-                    + [",".join(value_text(run.config.get(SEED, MISSING)) for run in group), str(len(done))]
-                    + [mean_std([run.scores[s] for run in done if s in run.scores]) for s in scores]
-                    + [str(done[0].steps) if done and done[0].steps else "",
-                       hms(statistics.mean(walls)) if walls else "",
-                       f"{statistics.mean(rates):,.0f}" if rates else "",
-                       "; ".join(unfinished) or "finished"])
+        rows.append(
+            config_cells(config, fields)
+            + [",".join(value_text(run.config.get(SEED, MISSING)) for run in group), str(len(done))]
+            + [mean_std([run.scores[s] for run in done if s in run.scores]) for s in scores]
+            + [
+                str(done[0].steps) if done and done[0].steps else "",
+                hms(statistics.mean(walls)) if walls else "",
+                f"{statistics.mean(rates):,.0f}" if rates else "",
+                "; ".join(unfinished) or "finished",
+            ]
+        )
     return with_common(markdown(header, rows, {"n", "steps", "wall time", "img/s", *scores}), common)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bridgegap_jax.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("workdirs", nargs="+", help="workdirs of bridgegap_jax.main (local or gs://)")
-    parser.add_argument("--seeds", action="store_true",
-                        help="a row per group of runs that differ only in seed: mean ± sample std over its n "
-                             "finished runs")
+    parser.add_argument(
+        "--seeds",
+        action="store_true",
+        help="a row per group of runs that differ only in seed: mean ± sample std over its n finished runs",
+    )
     args = parser.parse_args(argv)
     try:
         runs = [load_run(workdir) for workdir in args.workdirs]

@@ -54,11 +54,14 @@ class EventFile:
         self._writer = event_file_writer.EventsWriter(f"{logdir}/events")
         if purge_step is not None:
             start = self._event_pb2.SessionLog(status=self._event_pb2.SessionLog.START)
-            self._writer.write_event(self._event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=start))
+            self._writer.write_event(
+                self._event_pb2.Event(wall_time=time.time(), step=purge_step, session_log=start)
+            )
 
     def scalar(self, tag: str, value: float, step: int, wall_time: float) -> None:
         self._writer.write_event(
-            self._event_pb2.Event(wall_time=wall_time, step=step, summary=self._summary.scalar(tag, value)))
+            self._event_pb2.Event(wall_time=wall_time, step=step, summary=self._summary.scalar(tag, value))
+        )
 
     def flush(self) -> None:
         self._writer.flush()
@@ -91,7 +94,8 @@ class RunLog:
             except ValueError:  # a line cut by a crash
                 continue
             if (record.get("kind") == "train" and record.get("step", 0) <= step) or (
-                    record.get("kind") == "validation" and record.get("epoch", 0) < epoch):
+                record.get("kind") == "validation" and record.get("epoch", 0) < epoch
+            ):
                 kept.append(line)
         write_atomically(self.path, "".join(line + "\n" for line in kept))
 

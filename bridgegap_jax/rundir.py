@@ -82,7 +82,8 @@ class RunDir:
             state = "finished" if self.result() is not None else "unfinished"
             raise RunDirError(
                 f"{self.workdir} holds a {state} run made with another config (differing: {fields}); use a new "
-                f"--workdir, or rerun with the config stored in {self.file(CONFIG_FILE)}")
+                f"--workdir, or rerun with the config stored in {self.file(CONFIG_FILE)}"
+            )
 
     def store_config(self, config: dict) -> None:
         if self.stored_config() != config:  # check_config has refused a change that would mix runs
@@ -98,7 +99,9 @@ class RunDir:
 
     def write_class_ap(self, names, ap) -> None:
         """Per-class test AP: class index, name, AP in percent."""
-        lines = ["class\tname\tap"] + [f"{i}\t{name}\t{100 * value:.4f}" for i, (name, value) in enumerate(zip(names, ap))]
+        lines = ["class\tname\tap"] + [
+            f"{i}\t{name}\t{100 * value:.4f}" for i, (name, value) in enumerate(zip(names, ap))
+        ]
         write_atomically(self.file(CLASS_AP_FILE), "\n".join(lines) + "\n")
 
     # --- lock ---------------------------------------------------------------------------------
@@ -144,7 +147,8 @@ class WorkdirLock:
             raise RunDirError(
                 f"{self.workdir} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
                 f"{holder.get('since')} (last progress {holder.get('heartbeat')}); wait for that run, or stop it "
-                f"first (if it is gone for good, delete {self.path})")
+                f"first (if it is gone for good, delete {self.path})"
+            )
         if holder is not None:
             self.path.unlink(missing_ok=True)
         record = json.dumps({**self.me, "heartbeat": _now()})
@@ -166,7 +170,11 @@ class WorkdirLock:
 
     def release(self) -> None:
         holder = self.holder()
-        if holder is not None and holder.get("pid") == self.me["pid"] and holder.get("host") == self.me["host"]:
+        if (
+            holder is not None
+            and holder.get("pid") == self.me["pid"]
+            and holder.get("host") == self.me["host"]
+        ):
             self.path.unlink(missing_ok=True)
 
     def _is_stale(self, holder: dict) -> bool:

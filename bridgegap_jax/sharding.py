@@ -50,7 +50,9 @@ def to_host(array: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
-def prefetch_to_device(batches: Iterator[dict], mesh: Mesh, keys: Sequence[str], depth: int = 2) -> Iterator[tuple[dict, dict]]:
+def prefetch_to_device(
+    batches: Iterator[dict], mesh: Mesh, keys: Sequence[str], depth: int = 2
+) -> Iterator[tuple[dict, dict]]:
     """(host batch, {key: global device array}) pairs, `depth` batches ahead of the consumer.
 
     The copies are dispatched asynchronously, so the next batches travel to the devices while the

@@ -37,9 +37,19 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def make_model(num_classes: int, *, depth: int, width: int = 64, alpha: float = 5.0,
-               dtype: str = "float32", batch_norm: str = "flax", max_pool: str = "reduce_window",
-               stem: str = "conv", head_dtype: str = "float32", bn_group_size: int = 0) -> CAMClassifier:
+def make_model(
+    num_classes: int,
+    *,
+    depth: int,
+    width: int = 64,
+    alpha: float = 5.0,
+    dtype: str = "float32",
+    batch_norm: str = "flax",
+    max_pool: str = "reduce_window",
+    stem: str = "conv",
+    head_dtype: str = "float32",
+    bn_group_size: int = 0,
+) -> CAMClassifier:
     """The CAM classifier; `dtype` (float32 | bfloat16) is the trunk's compute dtype.
 
     The speed options (`batch_norm`, `max_pool`, `stem`, `head_dtype`; models.py) default to the
@@ -49,29 +59,53 @@ def make_model(num_classes: int, *, depth: int, width: int = 64, alpha: float = 
     for name, value in (("dtype", dtype), ("head_dtype", head_dtype)):
         if value not in DTYPES:
             raise ValueError(f"config.model.{name}={value!r} is not one of {', '.join(DTYPES)}")
-    return CAMClassifier(num_classes=num_classes, depth=depth, width=width, alpha=alpha, dtype=DTYPES[dtype],
-                         batch_norm=batch_norm, max_pool=max_pool, stem=stem, head_dtype=DTYPES[head_dtype],
-                         bn_group_size=bn_group_size)
+    return CAMClassifier(
+        num_classes=num_classes,
+        depth=depth,
+        width=width,
+        alpha=alpha,
+        dtype=DTYPES[dtype],
+        batch_norm=batch_norm,
+        max_pool=max_pool,
+        stem=stem,
+        head_dtype=DTYPES[head_dtype],
+        bn_group_size=bn_group_size,
+    )
 
 
 LR_SCALINGS = ("none", "sqrt", "linear")
 REFERENCE_BATCH = 16  # the protocol's batch: the learning rates of the configs are for it
 
 
-def lr_schedule(lr: float, *, batch_size: int = REFERENCE_BATCH, scaling: str = "none", warmup_steps: int = 0,
-                decay_steps: int = 0) -> optax.Schedule:
+def lr_schedule(
+    lr: float,
+    *,
+    batch_size: int = REFERENCE_BATCH,
+    scaling: str = "none",
+    warmup_steps: int = 0,
+    decay_steps: int = 0,
+) -> optax.Schedule:
     """The trunk's learning rate by step: `lr` (the protocol's, for a batch of 16) scaled to the batch
     (none | sqrt | linear), reached by a linear warm-up over `warmup_steps`, then constant, or
     cosine-decayed to 0 at `decay_steps` when that is > 0. The protocol is none / 0 / 0: constant lr."""
     if scaling not in LR_SCALINGS:
         raise ValueError(f"config.train.lr_scaling={scaling!r} is not one of {', '.join(LR_SCALINGS)}")
-    peak = lr * {"none": 1.0, "sqrt": (batch_size / REFERENCE_BATCH) ** 0.5,
-                 "linear": batch_size / REFERENCE_BATCH}[scaling]
+    peak = (
+        lr
+        * {
+            "none": 1.0,
+            "sqrt": (batch_size / REFERENCE_BATCH) ** 0.5,
+            "linear": batch_size / REFERENCE_BATCH,
+        }[scaling]
+    )
     if decay_steps > 0:
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(decay_steps, warmup_steps + 1), 0.0)
+        return optax.warmup_cosine_decay_schedule(
+            0.0, peak, warmup_steps, max(decay_steps, warmup_steps + 1), 0.0
+        )
     if warmup_steps > 0:
-        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)],
-                                    [warmup_steps])
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup_steps), optax.constant_schedule(peak)], [warmup_steps]
+        )
     return optax.constant_schedule(peak)
 
 
@@ -84,14 +118,21 @@ def make_optimizer(lr: float | optax.Schedule, head_lr_mult: float) -> optax.Gra
         return optax.adam(rate, b1=0.9, b2=0.999, eps=1e-8)
 
     def labels(params):
-        return {name: jax.tree.map(lambda _: "head" if name == "head" else "trunk", sub) for name, sub in params.items()}
+        return {
+            name: jax.tree.map(lambda _: "head" if name == "head" else "trunk", sub)
+            for name, sub in params.items()
+        }
 
     head = lambda count: head_lr_mult * schedule(count)  # noqa: E731
     return optax.multi_transform({"trunk": adam(schedule), "head": adam(head)}, labels)
 
 
-def initial_state(model: CAMClassifier, tx: optax.GradientTransformation, image_size: int, seed: int) -> TrainState:
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3), jnp.uint8), train=False)
+def initial_state(
+    model: CAMClassifier, tx: optax.GradientTransformation, image_size: int, seed: int
+) -> TrainState:
+    variables = model.init(
+        jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3), jnp.uint8), train=False
+    )
     params, zero = variables["params"], jnp.zeros((), jnp.int32)
     return TrainState(zero, params, variables["batch_stats"], tx.init(params), zero, zero)
 
@@ -111,14 +152,24 @@ def abstract_state(model, tx, image_size: int, mesh) -> TrainState:
 
 def abstract_model_vars(model, image_size: int, mesh) -> dict:
     """Shapes, dtypes and shardings of params and batch_stats: the restore target of a model alone."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.uint8)))
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.uint8))
+    )
     replicated = sharding.replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), dict(shapes))
 
 
-def train_step(state: TrainState, images: jax.Array, observed: jax.Array, k: jax.Array, *,
-               model: CAMClassifier, tx: optax.GradientTransformation, loss_fn: LossFn,
-               halt_on_nonfinite: bool = True) -> tuple[TrainState, dict, jax.Array]:
+def train_step(
+    state: TrainState,
+    images: jax.Array,
+    observed: jax.Array,
+    k: jax.Array,
+    *,
+    model: CAMClassifier,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    halt_on_nonfinite: bool = True,
+) -> tuple[TrainState, dict, jax.Array]:
     """One step: forward (BoostLU inside the model), the scheme's loss, backward, Adam.
 
     Returns the new state, scalar metrics, and the (B, C) entries the loss selected. A step whose
@@ -145,16 +196,22 @@ def train_step(state: TrainState, images: jax.Array, observed: jax.Array, k: jax
     params, batch_stats, opt_state = jax.tree.map(lambda new, old: jnp.where(apply, new, old), updated, kept)
     step = state.step + 1
     new_state = state.replace(
-        step=step, params=params, batch_stats=batch_stats, opt_state=opt_state,
+        step=step,
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
         skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32),
-        first_skipped_step=jnp.where((state.first_skipped_step == 0) & ~finite, step, state.first_skipped_step),
+        first_skipped_step=jnp.where(
+            (state.first_skipped_step == 0) & ~finite, step, state.first_skipped_step
+        ),
     )
     metrics = {"loss": loss, "num_selected": jnp.sum(selected), "grad_norm": grad_norm}
     return new_state, metrics, selected
 
 
-def eval_step(model_vars: dict, images: jax.Array, labels: jax.Array, *,
-              model: CAMClassifier) -> tuple[jax.Array, jax.Array]:
+def eval_step(
+    model_vars: dict, images: jax.Array, labels: jax.Array, *, model: CAMClassifier
+) -> tuple[jax.Array, jax.Array]:
     """(probabilities sigmoid(mean(BoostLU(CAM))) (B, C) float32, per-row BCE sums (B,)).
 
     The BCE is against the full labels (target 1 where label == 1) over the entries that count in
@@ -168,7 +225,9 @@ def eval_step(model_vars: dict, images: jax.Array, labels: jax.Array, *,
 def jit_train_step(model, tx, loss_fn: LossFn, mesh, halt_on_nonfinite: bool = True) -> Callable:
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     return jax.jit(
-        functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, halt_on_nonfinite=halt_on_nonfinite),
+        functools.partial(
+            train_step, model=model, tx=tx, loss_fn=loss_fn, halt_on_nonfinite=halt_on_nonfinite
+        ),
         in_shardings=(replicated, batch, batch, replicated),
         out_shardings=(replicated, replicated, batch),
         donate_argnums=0,
@@ -177,5 +236,8 @@ def jit_train_step(model, tx, loss_fn: LossFn, mesh, halt_on_nonfinite: bool = T
 
 def jit_eval_step(model, mesh) -> Callable:
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    return jax.jit(functools.partial(eval_step, model=model), in_shardings=(replicated, batch, batch),
-                   out_shardings=(batch, batch))
+    return jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(replicated, batch, batch),
+        out_shardings=(batch, batch),
+    )

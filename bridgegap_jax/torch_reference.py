@@ -1,4 +1,5 @@
-"""The PyTorch reference training step, written from docs/method.md ("Model") and §3, for parity tests and benchmarks.
+"""The PyTorch reference training step, written from docs/method.md ("Model", "Loss"), for parity tests
+and benchmarks.
 
 torch and torchvision are a test/benchmark extra: training never imports this module. It lives
 apart from `benchmark.py` so that the parity tests use exactly the step the benchmark times
@@ -30,9 +31,13 @@ import torchvision
 from bridgegap_jax import pretrained
 from bridgegap_jax.models import IMAGENET_MEAN, IMAGENET_STD
 
-TORCHVISION_RESNETS = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34,
-                       50: torchvision.models.resnet50, 101: torchvision.models.resnet101,
-                       152: torchvision.models.resnet152}
+TORCHVISION_RESNETS = {
+    18: torchvision.models.resnet18,
+    34: torchvision.models.resnet34,
+    50: torchvision.models.resnet50,
+    101: torchvision.models.resnet101,
+    152: torchvision.models.resnet152,
+}
 
 
 class CAMClassifier(torch.nn.Module):
@@ -66,7 +71,9 @@ def normalize_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 
-def large_loss(logits: torch.Tensor, observed: torch.Tensor, k: int, *, scheme: str, unobserved_value: int) -> torch.Tensor:
+def large_loss(
+    logits: torch.Tensor, observed: torch.Tensor, k: int, *, scheme: str, unobserved_value: int
+) -> torch.Tensor:
     """docs/method.md ("Loss"): assume-negative BCE; from epoch 2 the k largest unobserved losses (ties included)
     are zeroed (LL-R) or replaced by the flipped-target loss (LL-Ct, LL-Cp); mean over B*C."""
     logits = logits.float()
@@ -81,24 +88,41 @@ def large_loss(logits: torch.Tensor, observed: torch.Tensor, k: int, *, scheme: 
     if scheme == "LL-R":
         final = torch.where(selected, torch.zeros_like(loss), loss)
     elif scheme in ("LL-Ct", "LL-Cp"):
-        final = torch.where(selected, F.binary_cross_entropy_with_logits(logits, 1.0 - target, reduction="none"), loss)
+        final = torch.where(
+            selected, F.binary_cross_entropy_with_logits(logits, 1.0 - target, reduction="none"), loss
+        )
     else:
         raise ValueError(f"loss scheme {scheme!r} is not one of AN, LL-R, LL-Ct, LL-Cp")
     return final.mean()
 
 
-def make_optimizer(model: CAMClassifier, lr: float = 1e-5, head_lr_mult: float = 10.0, fused: bool | None = None) -> torch.optim.Adam:
+def make_optimizer(
+    model: CAMClassifier, lr: float = 1e-5, head_lr_mult: float = 10.0, fused: bool | None = None
+) -> torch.optim.Adam:
     """Adam (0.9, 0.999, eps 1e-8, no weight decay); the head at head_lr_mult x lr, as the reference."""
-    groups = [{"params": list(model.trunk.parameters()), "lr": lr},
-              {"params": list(model.head.parameters()), "lr": lr * head_lr_mult}]
+    groups = [
+        {"params": list(model.trunk.parameters()), "lr": lr},
+        {"params": list(model.head.parameters()), "lr": lr * head_lr_mult},
+    ]
     return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
 
 
-def train_step(model, optimizer, images: torch.Tensor, observed: torch.Tensor, k: int, *, scheme: str,
-               unobserved_value: int, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+def train_step(
+    model,
+    optimizer,
+    images: torch.Tensor,
+    observed: torch.Tensor,
+    k: int,
+    *,
+    scheme: str,
+    unobserved_value: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """One reference step in train mode: zero_grad, forward, loss, backward, Adam. Returns the loss."""
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast(images.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+    with torch.autocast(
+        images.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+    ):
         logits, _ = model(images)
     loss = large_loss(logits, observed, k, scheme=scheme, unobserved_value=unobserved_value)
     loss.backward()
@@ -110,8 +134,10 @@ def flax_tree(named: Iterable[tuple[str, torch.Tensor]], depth: int) -> dict:
     """{torch name: tensor} of a `CAMClassifier` (parameters, buffers, or gradients keyed like
     parameters) -> the Flax variables tree {'params': {'trunk', 'head'}, 'batch_stats': {'trunk'}}.
     Batch statistics missing from `named` (e.g. for gradients) are left out of the result."""
-    arrays = {name: value.detach().float().cpu().numpy().copy() for name, value in named}  # no views of torch memory
-    trunk_sd = {name[len("trunk."):]: a for name, a in arrays.items() if name.startswith("trunk.")}
+    arrays = {
+        name: value.detach().float().cpu().numpy().copy() for name, value in named
+    }  # no views of torch memory
+    trunk_sd = {name[len("trunk.") :]: a for name, a in arrays.items() if name.startswith("trunk.")}
     others = sorted(set(arrays) - {"trunk." + n for n in trunk_sd} - {"head.weight", "head.bias"})
     if others:
         raise KeyError(f"not a CAMClassifier tensor: {others}")
@@ -120,7 +146,9 @@ def flax_tree(named: Iterable[tuple[str, torch.Tensor]], depth: int) -> dict:
         for name in list(trunk_sd):
             if pretrained.flax_path(name)[1][-1] == "scale":  # a BatchNorm weight
                 base = name[: -len("weight")]
-                trunk_sd[base + "running_mean"] = trunk_sd[base + "running_var"] = np.zeros_like(trunk_sd[name])
+                trunk_sd[base + "running_mean"] = trunk_sd[base + "running_var"] = np.zeros_like(
+                    trunk_sd[name]
+                )
     trunk = pretrained.convert_torchvision(trunk_sd, depth)
     head = {"kernel": arrays["head.weight"].transpose(2, 3, 1, 0), "bias": arrays["head.bias"]}
     variables = {"params": {"trunk": trunk["params"], "head": head}}

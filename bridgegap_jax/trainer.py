@@ -41,7 +41,9 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, run_dir: RunDir, dataset: catalog.Dataset, mesh):
         self.config, self.run_dir, self.dataset, self.mesh = config, run_dir, dataset, mesh
-        self.options = configuration.pipeline_options(config, mesh.size, jax.process_index(), jax.process_count())
+        self.options = configuration.pipeline_options(
+            config, mesh.size, jax.process_index(), jax.process_count()
+        )
         self.num_train, self.num_classes = dataset.split_sizes["train"], dataset.num_classes
         self.steps_per_epoch = input_pipeline.steps_per_epoch(self.num_train, self.options)
         self.scheme = configuration.scheme(config, dataset)
@@ -49,14 +51,18 @@ class Trainer:
         self.model = configuration.model(config, self.num_classes)
         self.lr = configuration.lr_schedule(config, self.steps_per_epoch)
         self.tx = configuration.optimizer(config, self.steps_per_epoch)
-        self.step_fn = steps.jit_train_step(self.model, self.tx, self.scheme.loss, mesh,
-                                            halt_on_nonfinite=config.train.nonfinite == "stop")
+        self.step_fn = steps.jit_train_step(
+            self.model, self.tx, self.scheme.loss, mesh, halt_on_nonfinite=config.train.nonfinite == "stop"
+        )
         self.eval_fn = steps.jit_eval_step(self.model, mesh)
         self.checkpoints = RunCheckpoints(run_dir.checkpoints)
         self.state, self.progress = self._restore_or_init()
         resumed = self.checkpoints.latest_step() is not None
-        self.log = RunLog(run_dir, enabled=jax.process_index() == 0,
-                          resume=(int(self.state.step), self.progress["epoch"]) if resumed else None)
+        self.log = RunLog(
+            run_dir,
+            enabled=jax.process_index() == 0,
+            resume=(int(self.state.step), self.progress["epoch"]) if resumed else None,
+        )
         self.session_start = time.perf_counter()
         self.times = {"train_steps": 0, "train_s": 0.0, "eval_s": None}  # this session's pace, for the ETA
         self.epoch_seconds = 0.0
@@ -67,14 +73,23 @@ class Trainer:
 
     def _restore_or_init(self) -> tuple[steps.TrainState, dict]:
         if self.checkpoints.latest_step() is None:
-            state = steps.create_state(self.model, self.tx, self.config.data.image_size, self.config.seed, self.mesh)
+            state = steps.create_state(
+                self.model, self.tx, self.config.data.image_size, self.config.seed, self.mesh
+            )
             if self.config.model.pretrained:  # the trunk only; Adam's zero state needs no change
                 variables = pretrained.load_pretrained_trunk(self.config.model.pretrained, state.model_vars())
                 state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-            progress = {"epoch": 1, "step_in_epoch": 0, "best_val_map": -1.0, "best_epoch": 0, "elapsed_s": 0.0}
+            progress = {
+                "epoch": 1,
+                "step_in_epoch": 0,
+                "best_val_map": -1.0,
+                "best_epoch": 0,
+                "elapsed_s": 0.0,
+            }
             return state, progress
         restored, progress = self.checkpoints.restore_latest(
-            {"train": self._abstract_state(), "host": self.host_state.checkpoint()})
+            {"train": self._abstract_state(), "host": self.host_state.checkpoint()}
+        )
         self.host_state.restore(restored["host"])
         return restored["train"], progress
 
@@ -86,8 +101,9 @@ class Trainer:
         self.host_state.flush()
         self.check_finite()
         progress = dict(self.progress, elapsed_s=self.elapsed())
-        self.checkpoints.save_latest(int(self.state.step), {"train": self.state, "host": self.host_state.checkpoint()},
-                                     progress)
+        self.checkpoints.save_latest(
+            int(self.state.step), {"train": self.state, "host": self.host_state.checkpoint()}, progress
+        )
 
     def check_finite(self) -> int:
         """The number of skipped non-finite steps; with the 'stop' policy, any is the end of the run."""
@@ -96,39 +112,57 @@ class Trainer:
             first = int(self.state.first_skipped_step)
             epoch = (first - 1) // self.steps_per_epoch + 1
             kept = self.checkpoints.latest_step()
-            saved = (f"the latest checkpoint (step {kept}) holds the last finite state" if kept is not None
-                     else "no checkpoint was saved before it")
+            saved = (
+                f"the latest checkpoint (step {kept}) holds the last finite state"
+                if kept is not None
+                else "no checkpoint was saved before it"
+            )
             raise NonFiniteError(
                 f"the loss or the gradients became non-finite at step {first} (epoch {epoch}, lr "
                 f"{float(self.lr(first - 1)):g}): stopped without saving; {saved}. Lower --config.train.lr, or pass "
-                "--config.train.nonfinite=skip to drop such steps")
+                "--config.train.nonfinite=skip to drop such steps"
+            )
         return skipped
 
     # --- the run ---------------------------------------------------------------------------------
     def describe(self) -> str:
         c = self.config
-        return (f"training {c.data.name}: {self.num_train} images, {self.steps_per_epoch} steps/epoch x "
-                f"{c.train.num_epochs} epochs, {self.scheme.describe()}, alpha {c.model.alpha}, ResNet-{c.model.depth}, "
-                f"{c.model.dtype}, batch {c.train.batch_size} on {self.mesh.size} device(s)")
+        return (
+            f"training {c.data.name}: {self.num_train} images, {self.steps_per_epoch} steps/epoch x "
+            f"{c.train.num_epochs} epochs, {self.scheme.describe()}, alpha {c.model.alpha}, ResNet-{c.model.depth}, "
+            f"{c.model.dtype}, batch {c.train.batch_size} on {self.mesh.size} device(s)"
+        )
 
     def run(self, heartbeat=lambda: None) -> dict:
         """The rest of the run from the latest checkpoint; writes and returns the result."""
         self.heartbeat = heartbeat
-        epochs, epoch, step = self.config.train.num_epochs, self.progress["epoch"], self.progress["step_in_epoch"]
+        epochs, epoch, step = (
+            self.config.train.num_epochs,
+            self.progress["epoch"],
+            self.progress["step_in_epoch"],
+        )
         self.log.line(self.describe())
-        dropped = self.num_train % self.options.batch_size - input_pipeline.last_batch_rows(self.num_train, self.options)
+        dropped = self.num_train % self.options.batch_size - input_pipeline.last_batch_rows(
+            self.num_train, self.options
+        )
         if dropped:
-            self.log.line(f"the last batch of each epoch drops {dropped} example(s) to split over {self.mesh.size} devices")
+            self.log.line(
+                f"the last batch of each epoch drops {dropped} example(s) to split over {self.mesh.size} devices"
+            )
         if self.checkpoints.latest_step() is not None:
-            self.log.line(f"resuming {self.run_dir.workdir} at step {int(self.state.step)}: epoch {epoch}, "
-                          f"step {step} of {self.steps_per_epoch}")
+            self.log.line(
+                f"resuming {self.run_dir.workdir} at step {int(self.state.step)}: epoch {epoch}, "
+                f"step {step} of {self.steps_per_epoch}"
+            )
         plan = input_pipeline.run_plan(self.dataset, self.options, epochs)
         reader = input_pipeline.BatchReader(self.dataset, plan, self.options)
         start = reader.segment_start(2 * (epoch - 1)) + (step if epoch <= epochs else 0)
         try:
             with input_pipeline.Stream(reader, start, configuration.workers(self.config)) as stream:
                 for epoch in range(epoch, epochs + 1):
-                    self.train_epoch(epoch, stream.take(self.steps_per_epoch - self.progress["step_in_epoch"]))
+                    self.train_epoch(
+                        epoch, stream.take(self.steps_per_epoch - self.progress["step_in_epoch"])
+                    )
                     self.validate(epoch, stream.take(plan[2 * epoch - 1].num_batches))
                 test = self.test(stream.take(plan[-1].num_batches))
             return self.finish(test)
@@ -151,7 +185,9 @@ class Trainer:
         for step_in_epoch, (batch, device) in enumerate(device_batches, start=progress["step_in_epoch"] + 1):
             rows = len(batch["batch_index"])
             ks = self.scheme.large_loss_counts(epoch, rows, self.num_classes)  # one per selection group
-            self.state, metrics, selected = self.step_fn(self.state, device["image"], device["labels"], jnp.asarray(ks))
+            self.state, metrics, selected = self.step_fn(
+                self.state, device["image"], device["labels"], jnp.asarray(ks)
+            )
             self.host_state.record(batch["batch_index"], selected)
             progress["step_in_epoch"] = step_in_epoch
             window["images"] += rows
@@ -166,8 +202,13 @@ class Trainer:
 
     def _log_train(self, epoch: int, step_in_epoch: int, k: int, metrics: dict, window: dict) -> None:
         losses = jnp.stack(window["losses"])
-        values = jax.device_get({"loss": jnp.mean(losses), "num_selected": metrics["num_selected"],
-                                 "skipped": self.state.skipped_steps})  # the only host sync of the loop
+        values = jax.device_get(
+            {
+                "loss": jnp.mean(losses),
+                "num_selected": metrics["num_selected"],
+                "skipped": self.state.skipped_steps,
+            }
+        )  # the only host sync of the loop
         seconds = time.perf_counter() - window["start"]
         rate = window["images"] / seconds
         if not window["first"]:  # the session's first window holds the compilation
@@ -179,10 +220,19 @@ class Trainer:
         self.log.line(
             f"epoch {epoch}/{self.config.train.num_epochs} step {step_in_epoch}/{self.steps_per_epoch} | "
             f"loss {values['loss']:.4f} k {k} selected {int(values['num_selected'])} | {rate:.1f} img/s | "
-            f"{duration(self.elapsed())} elapsed{self._eta(epoch, step_in_epoch)}{extra}")
-        self.log.record("train", step, epoch=epoch, loss=float(values["loss"]), k=k,
-                        num_selected=int(values["num_selected"]), lr=float(self.lr(step - 1)), images_per_second=rate,
-                        skipped_steps=skipped)
+            f"{duration(self.elapsed())} elapsed{self._eta(epoch, step_in_epoch)}{extra}"
+        )
+        self.log.record(
+            "train",
+            step,
+            epoch=epoch,
+            loss=float(values["loss"]),
+            k=k,
+            num_selected=int(values["num_selected"]),
+            lr=float(self.lr(step - 1)),
+            images_per_second=rate,
+            skipped_steps=skipped,
+        )
         self.heartbeat()
         window.update(start=time.perf_counter(), images=0, losses=[], first=False)
 
@@ -209,12 +259,20 @@ class Trainer:
             progress.update(best_val_map=val["map"], best_epoch=epoch)
         extra = self.host_state.describe()
         self.log.line(
-            f"epoch {epoch}/{self.config.train.num_epochs}: validation mAP {val['map']:.2f}{' (best)' if improved else ''}"
+            f"epoch {epoch}/{self.config.train.num_epochs}: validation "
+            f"mAP {val['map']:.2f}{' (best)' if improved else ''}"
             f" loss {val['loss']:.4f}{'; ' + extra if extra else ''} | epoch "
             f"{duration(self.epoch_seconds + self.times['eval_s'])} | {duration(self.elapsed())} "
-            f"elapsed{self._eta(epoch, self.steps_per_epoch, validated=True)}")
-        self.log.record("validation", int(state.step), epoch=epoch, map=val["map"],
-                        map_with_positives=val["map_with_positives"], loss=val["loss"])
+            f"elapsed{self._eta(epoch, self.steps_per_epoch, validated=True)}"
+        )
+        self.log.record(
+            "validation",
+            int(state.step),
+            epoch=epoch,
+            map=val["map"],
+            map_with_positives=val["map_with_positives"],
+            loss=val["loss"],
+        )
         progress.update(epoch=epoch + 1, step_in_epoch=0)
         self.save_latest()
         self.heartbeat()
@@ -222,14 +280,17 @@ class Trainer:
     def _evaluate(self, split: str, model_vars, batches) -> dict:
         result = evaluation.evaluate(self.eval_fn, model_vars, self.dataset, split, batches, self.mesh)
         if not np.isfinite(result["loss"]):
-            raise NonFiniteError(f"the {split} scores are not finite at epoch {self.progress['epoch']}: the model has "
-                                 f"diverged (lr {self.config.train.lr:g}); lower --config.train.lr")
+            raise NonFiniteError(
+                f"the {split} scores are not finite at epoch {self.progress['epoch']}: the model has "
+                f"diverged (lr {self.config.train.lr:g}); lower --config.train.lr"
+            )
         return result
 
     def test(self, batches) -> dict:
         """The test split, evaluated once with the checkpoint of the best validation mAP."""
         best_vars = self.checkpoints.restore_best(
-            steps.abstract_model_vars(self.model, self.config.data.image_size, self.mesh))
+            steps.abstract_model_vars(self.model, self.config.data.image_size, self.mesh)
+        )
         return self._evaluate("test", best_vars, batches)
 
     def finish(self, test: dict) -> dict:
@@ -245,8 +306,13 @@ class Trainer:
             "wall_time_s": round(self.elapsed(), 1),
             "environment": environment(),
         }
-        self.log.record("test", int(self.state.step), map=test["map"], map_with_positives=test["map_with_positives"],
-                        loss=test["loss"])
+        self.log.record(
+            "test",
+            int(self.state.step),
+            map=test["map"],
+            map_with_positives=test["map_with_positives"],
+            loss=test["loss"],
+        )
         if jax.process_index() == 0:
             self.run_dir.write_class_ap(self.dataset.class_names, test["ap"])
             self.run_dir.write_result(result)
@@ -259,23 +325,39 @@ def environment() -> dict:
     import importlib.metadata as metadata
 
     versions = {}
-    for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain", "opencv-python-headless"):
+    for package in (
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "numpy",
+        "grain",
+        "opencv-python-headless",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
     device = jax.devices()[0]
-    return {"python": platform.python_version(), "packages": versions, "platform": device.platform,
-            "device_kind": device.device_kind, "device_count": jax.device_count(),
-            "process_count": jax.process_count()}
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "platform": device.platform,
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+    }
 
 
 def result_line(result: dict) -> str:
     groups = "".join(f", {key} {value['map']:.2f}" for key, value in sorted(result["test_groups"].items()))
     dropped = result["test_map_with_positives"]
-    return (f"test mAP {result['test_map']:.2f} (classes without positives dropped: "
-            f"{'n/a' if dropped is None else format(dropped, '.2f')}{groups}) with the checkpoint of epoch "
-            f"{result['best_epoch']} (validation mAP {result['best_val_map']:.2f})")
+    return (
+        f"test mAP {result['test_map']:.2f} (classes without positives dropped: "
+        f"{'n/a' if dropped is None else format(dropped, '.2f')}{groups}) with the checkpoint of epoch "
+        f"{result['best_epoch']} (validation mAP {result['best_val_map']:.2f})"
+    )
 
 
 def _lock_everywhere(lock) -> None:

@@ -22,6 +22,7 @@ from bridgegap_jax.errors import UserError
 class XlaOptionError(UserError, ValueError):
     pass
 
+
 PRESETS: dict[str, tuple[str, ...]] = {
     # Convolutions as cuDNN graph fusions, so elementwise producers and consumers (BatchNorm's
     # normalise, ReLU, residual add) can run inside the convolution kernel. Experimental in XLA.

@@ -17,7 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.data_dir = "~/tensorflow_datasets"  # where prepared datasets live
     config.data.image_size = 448
     config.data.train_labels = "observed"  # 'observed' (partial labels) or 'full' (the upper bound)
-    config.data.observation = "stored"  # stored | single_positive | k_positives:K | fraction:F (datasets/masks.py)
+    config.data.observation = (
+        "stored"  # stored | single_positive | k_positives:K | fraction:F (datasets/masks.py)
+    )
     config.data.random_flip = True
     # 'bilinear' (OpenCV) is ~0.6 grey levels from the reference's PIL resize at 448 and ~3x cheaper
     # per core; 'pil' is the reference's resize exactly (README, Input pipeline).

@@ -5,8 +5,8 @@
         [--config=configs/openimages.py] [--pretrained=DIR] [--dry-run] [-- --config.loss.scheme=LL-Cp ...]
 
 `setup` installs the package with CUDA jax into the active Python environment, at the versions of
-constraints.txt; `run` trains (rerun it to resume). The global batch (config.train.batch_size, 16 as the paper) is split over the GPUs,
-so their number must divide it. --dry-run prints the commands instead of running them.
+constraints.txt; `run` trains (rerun it to resume). The global batch (config.train.batch_size, 16 as
+the paper) is split over the GPUs, so their number must divide it. --dry-run prints the commands instead of running them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ STEPS = ("setup", "run")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("steps", nargs="+", choices=STEPS, help="what to do, in order")
     common.add_run_flags(parser, "local path or gs://")
     parser.add_argument("--gpus", help="CUDA device ids to use, e.g. 0,1,2,3 (default: all)")
@@ -40,8 +42,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def commands(args, step: str) -> list[list[str]]:
     if step == "setup":
-        return [[sys.executable, "-m", "pip", "install", "-c", os.path.join(REPO, "constraints.txt"), "jax[cuda12]",
-                 "-e", REPO]]
+        return [
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-c",
+                os.path.join(REPO, "constraints.txt"),
+                "jax[cuda12]",
+                "-e",
+                REPO,
+            ]
+        ]
     env = [f"CUDA_VISIBLE_DEVICES={args.gpus}"] if args.gpus is not None else []
     return [["env", *env, sys.executable, "-m", "bridgegap_jax.main", *common.run_flags(args, args.data_dir)]]
 

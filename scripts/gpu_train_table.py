@@ -17,8 +17,9 @@ import os
 import re
 
 PROGRESS = re.compile(r"^epoch (\d+)/\d+ step (\d+)/(\d+) \|.*\| ([\d.]+) img/s \|", re.M)
-DESCRIBE = re.compile(r"^training \S+: (\d+) images, (\d+) steps/epoch x (\d+) epochs, .* batch (\d+) on",
-                      re.M)
+DESCRIBE = re.compile(
+    r"^training \S+: (\d+) images, (\d+) steps/epoch x (\d+) epochs, .* batch (\d+) on", re.M
+)
 MODEL = re.compile(r"^training .*, (ResNet-\d+), (\w+), batch", re.M)
 TEST_MAP = re.compile(r"^test: test mAP ([\d.]+)", re.M)
 GOAL = 0.9  # end-to-end / synthetic at batch 128
@@ -105,20 +106,32 @@ def _fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-HEADER = ["| run | steps (measured) | wall s | end-to-end img/s | synthetic step img/s "
-          "| end-to-end / synthetic | test mAP | status |", "|---|---|---|---|---|---|---|---|"]
-NOTES = ("End-to-end: the training progress lines, every window but the first (compilation); steps: all "
-         "(measured). Synthetic: `python -m bridgegap_jax.benchmark`, the same model on data already on the "
-         "device.")
+HEADER = [
+    "| run | steps (measured) | wall s | end-to-end img/s | synthetic step img/s "
+    "| end-to-end / synthetic | test mAP | status |",
+    "|---|---|---|---|---|---|---|---|",
+]
+NOTES = (
+    "End-to-end: the training progress lines, every window but the first (compilation); steps: all "
+    "(measured). Synthetic: `python -m bridgegap_jax.benchmark`, the same model on data already on the "
+    "device."
+)
 
 
 def row(name: str, log: str, wall: str, synthetic: float | None, status: str) -> tuple[str, float | None]:
     """(the markdown row of one training run, end-to-end / synthetic or None)."""
     run = train_rate(log)
     ratio = run["rate"] / synthetic if run["rate"] and synthetic else None
-    cells = [name, f"{run['total_steps']} ({run['steps']})", wall, _fmt(run["rate"], ",.0f"),
-             _fmt(synthetic, ",.0f"), "-" if ratio is None else f"{100 * ratio:.0f}%",
-             _fmt(test_map(log), ".2f"), status]
+    cells = [
+        name,
+        f"{run['total_steps']} ({run['steps']})",
+        wall,
+        _fmt(run["rate"], ",.0f"),
+        _fmt(synthetic, ",.0f"),
+        "-" if ratio is None else f"{100 * ratio:.0f}%",
+        _fmt(test_map(log), ".2f"),
+        status,
+    ]
     return "| " + " | ".join(cells) + " |", ratio
 
 
@@ -126,10 +139,20 @@ def table(folder: str, title: str = "") -> str:
     lines = ([f"### {title}", ""] if title else []) + HEADER
     demo_log, demo_status = read_part(folder, "demo")
     build_log, build_status = read_part(folder, "demo_build")
-    build = "already built" if build_log.startswith("already built") else (
-        f"built in {seconds_of(folder, 'demo_build')} s ({build_status})")
-    lines.append(row("(a) demo, README command", demo_log, seconds_of(folder, "demo"), None,
-                     f"{demo_status}; dataset {build}")[0])
+    build = (
+        "already built"
+        if build_log.startswith("already built")
+        else (f"built in {seconds_of(folder, 'demo_build')} s ({build_status})")
+    )
+    lines.append(
+        row(
+            "(a) demo, README command",
+            demo_log,
+            seconds_of(folder, "demo"),
+            None,
+            f"{demo_status}; dataset {build}",
+        )[0]
+    )
     synthetic_log, synthetic_status = read_part(folder, "synthetic")
     synthetic = synthetic_rates(synthetic_log)
     ratio = None
@@ -137,8 +160,13 @@ def table(folder: str, title: str = "") -> str:
         log, status = read_part(folder, f"train_b{batch}")
         model = MODEL.search(log)
         name = f"(b) {', '.join(model.groups()) if model else 'ResNet-50, bfloat16'}, batch {batch}"
-        text, ratio = row(name, log, seconds_of(folder, f"train_b{batch}"), synthetic.get(batch),
-                          f"{status}; synthetic {synthetic_status}")
+        text, ratio = row(
+            name,
+            log,
+            seconds_of(folder, f"train_b{batch}"),
+            synthetic.get(batch),
+            f"{status}; synthetic {synthetic_status}",
+        )
         lines.append(text)
     verdict = "not measured" if ratio is None else f"{ratio:.0%}, {'met' if ratio >= GOAL else 'NOT met'}"
     lines += ["", f"Goal: end-to-end >= {GOAL:.0%} of the synthetic step at batch 128: {verdict}.", NOTES]
@@ -146,7 +174,9 @@ def table(folder: str, title: str = "") -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("logdir")
     parser.add_argument("--md", help="also write the table, after LOGDIR/env.txt, to this file")
     parser.add_argument("--title", default="")

@@ -67,8 +67,10 @@ class MemoryDataset:
         self.directory, self.num_classes, self.label_encoding = "(memory)", num_classes, "single_positive"
         self.split_sizes = {"train": len(encoded)}
         labels = np.zeros(num_classes, np.int8)
-        self.records = [{"image": e, "image_id": str(i).encode(), "labels": labels, "labels_obs": labels}
-                        for i, e in enumerate(encoded)]
+        self.records = [
+            {"image": e, "image_id": str(i).encode(), "labels": labels, "labels_obs": labels}
+            for i, e in enumerate(encoded)
+        ]
 
     def source(self, split: str):
         return self
@@ -114,10 +116,14 @@ def torchvision_reference(encoded: list[bytes]):
     from PIL import Image
     from torchvision import transforms
 
-    transform = transforms.Compose([
-        transforms.Resize((SIZE, SIZE)), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(MEAN.tolist(), STD.tolist()),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.Resize((SIZE, SIZE)),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN.tolist(), STD.tolist()),
+        ]
+    )
 
     def run() -> int:
         batch = []
@@ -181,8 +187,10 @@ def differences(encoded: list[bytes], have_torch: bool) -> dict:
         with Image.open(io.BytesIO(data)) as img:
             rgb = img.convert("RGB")
         pil = np.asarray(rgb.resize((SIZE, SIZE), Image.BILINEAR), np.float32)
-        found = {f"resize='{m}': decode + resize 448 vs PIL resize": images.decode_and_resize(data, SIZE, m)
-                 for m in images.RESIZE_METHODS}
+        found = {
+            f"resize='{m}': decode + resize 448 vs PIL resize": images.decode_and_resize(data, SIZE, m)
+            for m in images.RESIZE_METHODS
+        }
         if have_torch:
             from torchvision import transforms
 
@@ -192,7 +200,8 @@ def differences(encoded: list[bytes], have_torch: bool) -> dict:
             diffs.setdefault(key, []).append(float(np.abs(np.asarray(value, np.float32) - pil).mean()))
         decoded = images.decode(data).astype(np.float32)
         diffs.setdefault("decode only: OpenCV (images.decode) vs PIL", []).append(
-            float(np.abs(decoded - np.asarray(rgb, np.float32)).mean()))
+            float(np.abs(decoded - np.asarray(rgb, np.float32)).mean())
+        )
     return {key: float(np.mean(values)) for key, values in diffs.items()}
 
 
@@ -216,7 +225,9 @@ def grain_rate(data_dir: str, name: str, workers: int, batches: int, resize: str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", help="folder of JPEGs (default: 200 photo-like ones)")
     parser.add_argument("--passes", type=int, default=5, help="timed round-robin passes (each row: its best)")
     parser.add_argument("--data_dir", help="also time the grain path on this prepared dataset folder")
@@ -238,21 +249,36 @@ def main() -> None:
         have_torch = False
 
     encoded = read_jpegs(args.images) if args.images else photo_jpegs()
-    print(f"{len(encoded)} JPEGs, mean {np.mean([len(e) for e in encoded]) / 1024:.0f} KiB; one core; output "
-          f"{SIZE}x{SIZE}, batch {BATCH}; torch {'present' if have_torch else 'absent: reference emulated'}")
+    print(
+        f"{len(encoded)} JPEGs, mean {np.mean([len(e) for e in encoded]) / 1024:.0f} KiB; one core; output "
+        f"{SIZE}x{SIZE}, batch {BATCH}; torch {'present' if have_torch else 'absent: reference emulated'}"
+    )
     if have_torch:
-        reference = ("reference: PIL open + convert, torchvision Resize((448,448)), RandomHorizontalFlip, "
-                     "ToTensor, Normalize (torch, 1 thread)", torchvision_reference(encoded))
+        reference = (
+            "reference: PIL open + convert, torchvision Resize((448,448)), RandomHorizontalFlip, "
+            "ToTensor, Normalize (torch, 1 thread)",
+            torchvision_reference(encoded),
+        )
     else:
-        reference = ("reference, emulated (PIL + numpy): PIL open + convert, resize((448,448), BILINEAR), "
-                     "flip, ToTensor, Normalize", emulated_reference(encoded))
-    rows = dict([
-        reference,
-        ("ours, resize='bilinear' (default): BatchReader, OpenCV decode + resize 448 + flip, uint8 batch",
-         ours(encoded, "bilinear")),
-        ("ours, resize='pil': BatchReader, PIL decode + resize 448 + flip, uint8 batch", ours(encoded, "pil")),
-        ("decode only: OpenCV (images.decode)", decode_only(encoded)),
-    ])
+        reference = (
+            "reference, emulated (PIL + numpy): PIL open + convert, resize((448,448), BILINEAR), "
+            "flip, ToTensor, Normalize",
+            emulated_reference(encoded),
+        )
+    rows = dict(
+        [
+            reference,
+            (
+                "ours, resize='bilinear' (default): BatchReader, OpenCV decode + resize 448 + flip, uint8 batch",
+                ours(encoded, "bilinear"),
+            ),
+            (
+                "ours, resize='pil': BatchReader, PIL decode + resize 448 + flip, uint8 batch",
+                ours(encoded, "pil"),
+            ),
+            ("decode only: OpenCV (images.decode)", decode_only(encoded)),
+        ]
+    )
     rates = best_rates(rows, args.passes)
     base = rates[reference[0]]
     print(f"\n| per-image work (best of {args.passes} passes) | images/s per core | vs reference |")
@@ -260,8 +286,10 @@ def main() -> None:
     for name, rate in rates.items():
         print(f"| {name} | {rate:.0f} | {rate / base:.2f}x |")
     default = rates[next(name for name in rates if "'bilinear'" in name)] / base
-    print(f"\nresize='bilinear' (the default): {default:.2f}x the reference per core (goal >= 2x: "
-          f"{'met' if default >= 2 else 'NOT met'})")
+    print(
+        f"\nresize='bilinear' (the default): {default:.2f}x the reference per core (goal >= 2x: "
+        f"{'met' if default >= 2 else 'NOT met'})"
+    )
     print("\n| pixel difference from PIL's resize at 448 | mean abs (grey levels) |\n|---|---|")
     for name, value in differences(encoded[::5], have_torch).items():
         print(f"| {name} | {value:.3f} |")
@@ -270,8 +298,10 @@ def main() -> None:
         if cores:  # the workers inherit this process's cores
             os.sched_setaffinity(0, cores)
         rate, count = grain_rate(args.data_dir, args.dataset, args.workers, args.batches, "bilinear")
-        print(f"\ngrain path, {args.dataset} in {args.data_dir}: {args.workers} worker process(es), resize "
-              f"'bilinear', {count} images: {rate:.0f} images/s ({rate / base:.2f}x the reference's one core)")
+        print(
+            f"\ngrain path, {args.dataset} in {args.data_dir}: {args.workers} worker process(es), resize "
+            f"'bilinear', {count} images: {rate:.0f} images/s ({rate / base:.2f}x the reference's one core)"
+        )
 
 
 if __name__ == "__main__":

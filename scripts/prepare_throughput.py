@@ -36,13 +36,19 @@ def photos(folder: str, count: int, size) -> list[str]:
     paths = []
     for i in range(min(count, 8)):  # 8 distinct images, repeated: generation is not what we time
         y, x = np.mgrid[0:h, 0:w] / max(w, h)
-        base = np.stack([np.sin(x * rng.uniform(2, 9) + c) * np.cos(y * rng.uniform(2, 9)) for c in range(3)], -1)
-        img = Image.fromarray(np.clip(128 + 90 * base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8))
+        base = np.stack(
+            [np.sin(x * rng.uniform(2, 9) + c) * np.cos(y * rng.uniform(2, 9)) for c in range(3)], -1
+        )
+        img = Image.fromarray(
+            np.clip(128 + 90 * base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+        )
         draw = ImageDraw.Draw(img)
         for _ in range(12):
             x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
-            draw.ellipse([x0, y0, x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))],
-                         fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+            draw.ellipse(
+                [x0, y0, x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2))],
+                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+            )
         paths.append(os.path.join(folder, f"{i}.jpg"))
         img.save(paths[-1], quality=90)
     return [paths[i % len(paths)] for i in range(count)]
@@ -59,13 +65,21 @@ def main() -> None:
             paths = photos(tmp, args.count, size)
             mib_in = np.mean([os.path.getsize(p) for p in paths]) / 2**20
             for workers in args.workers:
-                source = writer.SplitSource([str(i) for i in range(len(paths))], paths,
-                                            lambda r: (np.zeros(5000, np.int8),) * 2)
+                source = writer.SplitSource(
+                    [str(i) for i in range(len(paths))], paths, lambda r: (np.zeros(5000, np.int8),) * 2
+                )
                 start = time.perf_counter()
                 folder, results = writer.write_dataset(
-                    os.path.join(tmp, "tfds"), "bridgegap_openimages", {"train": source}, num_classes=5000,
-                    compress_labels=True, description="throughput", max_short_side=short_side, workers=workers,
-                    overwrite=True)
+                    os.path.join(tmp, "tfds"),
+                    "bridgegap_openimages",
+                    {"train": source},
+                    num_classes=5000,
+                    compress_labels=True,
+                    description="throughput",
+                    max_short_side=short_side,
+                    workers=workers,
+                    overwrite=True,
+                )
                 rate = len(paths) / (time.perf_counter() - start)
                 stored = results["train"].num_bytes / len(paths) / 1024
                 print(f"| {name} | {workers} | {rate:.0f} | {mib_in:.2f} | {stored:.0f} |", flush=True)

@@ -50,7 +50,9 @@ GRIDS = {"demo": ("configs/demo.py", DEMO), "batch": ("configs/demo_large.py", b
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("grid", choices=list(GRIDS))
     parser.add_argument("--runs", help="folder of the runs (default: runs/study_<grid>)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -59,7 +61,9 @@ def main(argv: list[str]) -> int:
     args, passthrough = parser.parse_known_args(argv)
     unknown = [flag for flag in passthrough if not flag.startswith("--config.")]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides look like --config.a.b=value)")
+        parser.error(
+            f"unrecognized arguments: {' '.join(unknown)} (config overrides look like --config.a.b=value)"
+        )
     config, grid = GRIDS[args.grid]
     names = [n for n in args.only.split(",") if n] or list(grid)
     missing = [n for n in names if n not in grid]
@@ -71,24 +75,35 @@ def main(argv: list[str]) -> int:
     for name in names:
         for seed in seeds:
             workdir = os.path.join(runs, f"{name}_s{seed}")
-            flags = [f"--config={config}", f"--workdir={workdir}", f"--config.seed={seed}",
-                     *[f"--config.{key}={value}" for key, value in grid[name].items()], *passthrough]
+            flags = [
+                f"--config={config}",
+                f"--workdir={workdir}",
+                f"--config.seed={seed}",
+                *[f"--config.{key}={value}" for key, value in grid[name].items()],
+                *passthrough,
+            ]
             workdirs.append(workdir)
             if args.list:
                 print("python -m bridgegap_jax.main " + " ".join(flags))
                 continue
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "bridgegap_jax.main", *flags], cwd=ROOT,
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-m", "bridgegap_jax.main", *flags], cwd=ROOT, capture_output=True, text=True
+            )
             last = (done.stdout.strip().splitlines() or [""])[-1]
-            print(f"{workdir}: {time.perf_counter() - start:.0f} s, {last if done.returncode == 0 else done.stderr.strip()}",
-                  flush=True)
+            print(
+                f"{workdir}: {time.perf_counter() - start:.0f} s, "
+                f"{last if done.returncode == 0 else done.stderr.strip()}",
+                flush=True,
+            )
             if done.returncode != 0:
                 return done.returncode
     if args.list:
         return 0
     print()
-    return subprocess.run([sys.executable, "-m", "bridgegap_jax.report", "--seeds", *workdirs], cwd=ROOT).returncode
+    return subprocess.run(
+        [sys.executable, "-m", "bridgegap_jax.report", "--seeds", *workdirs], cwd=ROOT
+    ).returncode
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ import pytest
 # that tests/test_multidevice.py starts with the flag set.
 EIGHT_DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
 DEMO_DATA_DIR_VAR = "BRIDGEGAP_TEST_DEMO_DATA_DIR"  # the parent's demo dataset, reused by the child
-COMPILATION_CACHE_VAR = "JAX_COMPILATION_CACHE_DIR"  # shared by the test processes: each program compiles once
+COMPILATION_CACHE_VAR = (
+    "JAX_COMPILATION_CACHE_DIR"  # shared by the test processes: each program compiles once
+)
 if EIGHT_DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
     collect_ignore = ["multidevice"]
 

@@ -9,20 +9,36 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A demo run of seconds: 25 steps per epoch, 2 epochs, a checkpoint every 10 steps.
-TINY_DEMO = {"data.image_size": 32, "model.width": 8, "train.num_epochs": 2, "train.batch_size": 64,
-             "train.log_every_steps": 5, "train.checkpoint_every_steps": 10, "data.workers": 0}
+TINY_DEMO = {
+    "data.image_size": 32,
+    "model.width": 8,
+    "train.num_epochs": 2,
+    "train.batch_size": 64,
+    "train.log_every_steps": 5,
+    "train.checkpoint_every_steps": 10,
+    "data.workers": 0,
+}
 
 
 def demo_flags(workdir, data_dir, **overrides) -> list[str]:
     """main's flags for the tiny demo in `workdir`; overrides use '__' for '.' (train__lr=1.0)."""
-    fields = {**TINY_DEMO, "data.data_dir": data_dir, **{k.replace("__", "."): v for k, v in overrides.items()}}
-    return ["--config=configs/demo.py", f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in fields.items()]]
+    fields = {
+        **TINY_DEMO,
+        "data.data_dir": data_dir,
+        **{k.replace("__", "."): v for k, v in overrides.items()},
+    }
+    return [
+        "--config=configs/demo.py",
+        f"--workdir={workdir}",
+        *[f"--config.{k}={v}" for k, v in fields.items()],
+    ]
 
 
 def run(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     """`python ARGS...` from the repository root."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          **kwargs)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 def one_line_error(done: subprocess.CompletedProcess) -> str:
@@ -61,7 +77,9 @@ def random_variables(model, image_size=32, seed=0):
     import jax
     import jax.numpy as jnp
 
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.uint8))
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.uint8)
+    )
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):

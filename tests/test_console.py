@@ -1,6 +1,6 @@
 """The console of the real command at tiny size: stdout holds only our lines, stderr nothing (no
 progress bars, library banners, warnings or worker tracebacks), also with grain worker processes
-and after Ctrl-C."""
+and after Ctrl-C. (tests/test_end_to_end.py checks an uninterrupted run's console with check_run.)"""
 
 import os
 import re
@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 from helpers import ROOT, demo_flags
 
 TIME = r"\d+:\d\d:\d\d"
@@ -16,11 +15,11 @@ OUR_LINES = {
     "describe": r"training demo: 1600 images, 25 steps/epoch x 1 epochs, .* on \d+ device\(s\)",
     "resume": r"resuming \S+ at step \d+: epoch \d+, step \d+ of 25",
     "progress": rf"epoch 1/1 step \d+/25 \| loss \d+\.\d{{4}} k \d+ selected \d+ \| \d+\.\d img/s \| "
-                rf"{TIME} elapsed(, ETA {TIME})?",
+    rf"{TIME} elapsed(, ETA {TIME})?",
     "validation": rf"epoch 1/1: validation mAP \d+\.\d\d( \(best\))? loss \d+\.\d{{4}}(; [^|]+)? \| "
-                  rf"epoch {TIME} \| {TIME} elapsed(, ETA {TIME})?",
+    rf"epoch {TIME} \| {TIME} elapsed(, ETA {TIME})?",
     "test": rf"test: test mAP \d+\.\d\d \(classes without positives dropped: \d+\.\d\d\) with the "
-            rf"checkpoint of epoch 1 \(validation mAP \d+\.\d\d\) \| total {TIME}",
+    rf"checkpoint of epoch 1 \(validation mAP \d+\.\d\d\) \| total {TIME}",
 }
 
 
@@ -47,19 +46,18 @@ def check_run(done):
     assert kinds.count("validation") == 1 and kinds.count("resume") <= 1
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_run_prints_only_its_own_lines(tmp_path, demo_data_dir, workers):
-    done = subprocess.run(command(tmp_path / "run", demo_data_dir, workers), cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
-    check_run(done)
-
-
 def test_ctrl_c_with_workers_is_one_line_and_the_rerun_is_clean(tmp_path, demo_data_dir):
     """A terminal sends Ctrl-C to the whole process group: the grain workers too."""
     stderr, workdir = tmp_path / "stderr", tmp_path / "run"
     with open(stderr, "w") as err:
-        process = subprocess.Popen(command(workdir, demo_data_dir, 2), cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=err, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            command(workdir, demo_data_dir, 2),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
         for line in process.stdout:
             if line.startswith("epoch 1/1 step 15/25"):  # workers running; after the checkpoint of step 10
                 os.killpg(process.pid, signal.SIGINT)
@@ -68,6 +66,7 @@ def test_ctrl_c_with_workers_is_one_line_and_the_rerun_is_clean(tmp_path, demo_d
         assert process.wait(timeout=300) == 2
     resume = f"rerun the same command to resume {workdir} from its checkpoint at step 10"
     assert stderr.read_text() == f"error: interrupted; {resume}\n"
-    done = subprocess.run(command(workdir, demo_data_dir, 2), cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        command(workdir, demo_data_dir, 2), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     check_run(done)

@@ -110,7 +110,9 @@ def test_images_kept_byte_for_byte(single_positive):
         assert got["image"][0] == f.read()
 
 
-@pytest.mark.parametrize("single_positive", ["voc", "coco", "cub"], indirect=True)  # NUS-WIDE is always formatted
+@pytest.mark.parametrize(
+    "single_positive", ["voc", "coco", "cub"], indirect=True
+)  # NUS-WIDE is always formatted
 def test_formatted_folder_as_is_matches_official_layout(single_positive, tmp_path):
     """A formatted-npy folder (+ --images) prepares to the same rows as the official layout."""
     name, made, builder = single_positive
@@ -154,7 +156,12 @@ def openimages(tmp_path_factory):
     root = tmp_path_factory.mktemp("openimages")
     made = fake.make("openimages", str(root / "download"))
     # Two worker processes: the parallel path must keep the row order too.
-    assert cli.main(["openimages", f"--source={root / 'download'}", f"--data_dir={root / 'tfds'}", "--workers=2"]) == 0
+    assert (
+        cli.main(
+            ["openimages", f"--source={root / 'download'}", f"--data_dir={root / 'tfds'}", "--workers=2"]
+        )
+        == 0
+    )
     return made, catalog.open_dataset("openimages", str(root / "tfds"))
 
 

@@ -1,4 +1,5 @@
-"""The offline `bridgegap_demo` dataset: determinism, splits, labels, and the round trip through the writer and tfds."""
+"""The offline `bridgegap_demo` dataset: determinism, splits, labels, and the round trip through the
+writer and tfds."""
 
 import numpy as np
 import pytest
@@ -59,5 +60,7 @@ def test_round_trip_through_the_prepared_dataset(tmp_path, mosaics):
     np.testing.assert_array_equal(np.stack([r["labels"] for r in rows]), want["labels"])
     np.testing.assert_array_equal(np.stack([r["labels_obs"] for r in rows]), want["labels_obs"])
     for method in images.RESIZE_METHODS:  # PNG is lossless: the decoded images are the mosaics
-        np.testing.assert_array_equal(np.stack([images.decode(r["image"], method) for r in rows]), want["images"])
+        np.testing.assert_array_equal(
+            np.stack([images.decode(r["image"], method) for r in rows]), want["images"]
+        )
     assert rows[5]["image_id"].decode() == want["image_id"][5]

@@ -14,8 +14,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "bridgegap_jax.main", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bridgegap_jax.main", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def one_line_error(done) -> str:
@@ -28,16 +33,22 @@ def one_line_error(done) -> str:
 
 
 def test_unknown_config_field_is_one_line_with_a_suggestion(tmp_path):
-    message = one_line_error(run_main("--config=configs/demo.py", f"--workdir={tmp_path / 'run'}",
-                                      "--config.train.batchsize=8"))
+    message = one_line_error(
+        run_main("--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", "--config.train.batchsize=8")
+    )
     assert "batchsize" in message and 'Did you mean "batch_size"' in message
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
 def test_missing_dataset_names_the_folder_and_the_prepare_command(tmp_path):
     missing = tmp_path / "no_data_here"
-    message = one_line_error(run_main("--config=configs/openimages.py", f"--workdir={tmp_path / 'run'}",
-                                      f"--config.data.data_dir={missing}"))
+    message = one_line_error(
+        run_main(
+            "--config=configs/openimages.py",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.data.data_dir={missing}",
+        )
+    )
     assert str(missing / "bridgegap_openimages") in message
     assert "python -m bridgegap_jax.prepare openimages" in message
     assert not (tmp_path / "run").exists()
@@ -45,8 +56,14 @@ def test_missing_dataset_names_the_folder_and_the_prepare_command(tmp_path):
 
 def test_missing_pretrained_weights_name_the_conversion_command(tmp_path, demo_data_dir):
     missing = tmp_path / "no_weights"
-    message = one_line_error(run_main("--config=configs/demo.py", f"--workdir={tmp_path / 'run'}",
-                                      f"--config.data.data_dir={demo_data_dir}", f"--config.model.pretrained={missing}"))
+    message = one_line_error(
+        run_main(
+            "--config=configs/demo.py",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.data.data_dir={demo_data_dir}",
+            f"--config.model.pretrained={missing}",
+        )
+    )
     assert str(missing) in message and "python -m bridgegap_jax.pretrained --source=" in message
     assert "--config.model.pretrained=''" in message  # or train from scratch
     assert not (tmp_path / "run").exists()  # rerunning with the weights in place must work
@@ -60,8 +77,11 @@ def test_label_vectors_of_the_wrong_width_are_an_error(demo_data_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "field,value,match",
-    [("loss.scheme", "LL-X", "loss.scheme"), ("model.dtype", "float16", "model.dtype"),
-     ("data.train_labels", "some", "data.train_labels")],
+    [
+        ("loss.scheme", "LL-X", "loss.scheme"),
+        ("model.dtype", "float16", "model.dtype"),
+        ("data.train_labels", "some", "data.train_labels"),
+    ],
 )
 def test_bad_field_values_are_errors(tiny_config, tmp_path, field, value, match):
     section, name = field.split(".")

@@ -54,7 +54,9 @@ def test_cam_extraction_equals_the_models_logits(trained_alpha):
     alphas = (trained_alpha, 5.0, 1.0)
     maps, probs = explain.cam_fn(model, alphas, mesh)(variables, images, class_ids)
     assert maps.shape == (3, 4, 1, 1, 2)  # 32 / 32: a 1x1 CAM grid
-    all_logits = jax.jit(lambda v, x: [model.clone(alpha=alpha).apply(v, x)[0] for alpha in alphas])(variables, images)
+    all_logits = jax.jit(lambda v, x: [model.clone(alpha=alpha).apply(v, x)[0] for alpha in alphas])(
+        variables, images
+    )
     for a, logits in enumerate(all_logits):
         expected = np.take_along_axis(np.asarray(logits), class_ids, axis=1)
         np.testing.assert_allclose(np.mean(maps[a], axis=(1, 2)), expected, rtol=1e-5, atol=1e-5)
@@ -138,7 +140,9 @@ def test_explain_writes_figures_and_summary(tiny_config, tmp_path):
     an, boosted = summary["models"]["an"], summary["models"]["an + BoostLU at inference"]
     assert boosted["alpha"] == 5.0 and boosted["run"] == "an"
     # Same raw CAM: its positive cells exactly 5x, the ranking of cells (top-k regions) unchanged.
-    assert boosted["mean_positive_cell_attribution"] == pytest.approx(5 * an["mean_positive_cell_attribution"], rel=1e-5)
+    assert boosted["mean_positive_cell_attribution"] == pytest.approx(
+        5 * an["mean_positive_cell_attribution"], rel=1e-5
+    )
     assert boosted["vs_reference"]["top20_iou_mean"] == an["vs_reference"]["top20_iou_mean"]
     assert boosted["mean_probability"] >= an["mean_probability"]
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
@@ -159,7 +163,9 @@ def test_explain_writes_figures_and_summary(tiny_config, tmp_path):
 def test_a_missing_workdir_names_it_and_the_command_that_makes_it(tmp_path, tiny_config):
     present = make_run(tmp_path / "present", tiny_config)
     missing = str(tmp_path / "missing")
-    with pytest.raises(explain.RunNotFoundError, match=f"workdir {missing} does not exist.*python -m bridgegap_jax.main"):
+    with pytest.raises(
+        explain.RunNotFoundError, match=f"workdir {missing} does not exist.*python -m bridgegap_jax.main"
+    ):
         explain.explain([("full", present), ("an", missing)], str(tmp_path / "out"))
 
 
@@ -167,14 +173,19 @@ def test_a_missing_checkpoint_names_the_folder_and_the_command(tmp_path, tiny_co
     present = make_run(tmp_path / "present", tiny_config)
     untrained = make_run(tmp_path / "untrained", tiny_config, checkpoint=False)
     best = os.path.join(untrained, "checkpoints", "best")
-    with pytest.raises(explain.RunNotFoundError, match=f"no best checkpoint in {best}.*--config=configs/demo.py --workdir={untrained}"):
+    with pytest.raises(
+        explain.RunNotFoundError,
+        match=f"no best checkpoint in {best}.*--config=configs/demo.py --workdir={untrained}",
+    ):
         explain.explain([("full", present), ("an", untrained)], str(tmp_path / "out"))
 
 
 def test_a_checkpoint_of_the_wrong_class_count_names_both_numbers(tmp_path, tiny_config):
     good = make_run(tmp_path / "good", tiny_config)
     wrong = make_run(tmp_path / "wrong", tiny_config, num_classes=7)
-    with pytest.raises(explain.ExplainError, match="run 'an' .* has a 7-class checkpoint, but dataset 'demo' has 10 classes"):
+    with pytest.raises(
+        explain.ExplainError, match="run 'an' .* has a 7-class checkpoint, but dataset 'demo' has 10 classes"
+    ):
         explain.explain([("full", good), ("an", wrong)], str(tmp_path / "out"))
 
 
@@ -197,7 +208,11 @@ def test_command_line_error_is_one_clear_line(tmp_path):
     missing = str(tmp_path / "nothing")
     done = subprocess.run(  # --out is optional
         [sys.executable, "-m", "bridgegap_jax.explain", f"--run=full={missing}", f"--run=an={missing}"],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

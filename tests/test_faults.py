@@ -45,7 +45,9 @@ def finished(demo_data_dir, tmp_path_factory):
 
 
 def latest_params(workdir):
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"), item_names=("state", "progress"))
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints", "latest"), item_names=("state", "progress")
+    )
     step = manager.latest_step()
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return step, restored["state"]["train"]["params"]
@@ -56,10 +58,18 @@ def test_a_finished_workdir_refuses_a_changed_config(finished, demo_data_dir):
     workdir, config = finished
     config = config.copy_and_resolve_references()
     config.model.alpha = 1.0
-    with pytest.raises(rundir.RunDirError, match="holds a finished run made with another config.*model.alpha"):
+    with pytest.raises(
+        rundir.RunDirError, match="holds a finished run made with another config.*model.alpha"
+    ):
         trainer.train_and_evaluate(config, workdir)
-    message = one_line_error(run("-m", "bridgegap_jax.main", *demo_flags(workdir, demo_data_dir, train__num_epochs=1),
-                                 "--config.model.alpha=1"))
+    message = one_line_error(
+        run(
+            "-m",
+            "bridgegap_jax.main",
+            *demo_flags(workdir, demo_data_dir, train__num_epochs=1),
+            "--config.model.alpha=1",
+        )
+    )
     assert "finished run made with another config (differing: model.alpha)" in message
 
 
@@ -89,13 +99,23 @@ def test_fuzzed_jpegs_never_reach_training(tmp_path, tiny_config):
     root = made["image_root"]
     names = sorted(name for name in os.listdir(root) if name not in made["missing"] + made["corrupt"])
     damaged = names[:60]
-    for name, data in zip(damaged, mutations(open(os.path.join(root, damaged[0]), "rb").read(), rng, len(damaged))):
+    for name, data in zip(
+        damaged, mutations(open(os.path.join(root, damaged[0]), "rb").read(), rng, len(damaged))
+    ):
         with open(os.path.join(root, name), "wb") as f:
             f.write(data)
-    assert cli.main(["voc", f"--source={tmp_path / 'download'}", f"--data_dir={tmp_path / 'data'}", "--workers=2"]) == 0
+    assert (
+        cli.main(
+            ["voc", f"--source={tmp_path / 'download'}", f"--data_dir={tmp_path / 'data'}", "--workers=2"]
+        )
+        == 0
+    )
     dataset = catalog.open_dataset("voc", str(tmp_path / "data"))
-    dropped = {row[0] for split in catalog.SPLITS
-               for row in writer.read_manifest(os.path.join(dataset.directory, f"missing_{split}.tsv"))}
+    dropped = {
+        row[0]
+        for split in catalog.SPLITS
+        for row in writer.read_manifest(os.path.join(dataset.directory, f"missing_{split}.tsv"))
+    }
     assert len(dropped & set(damaged)) >= 30  # most mutations break a decoder; those never enter the dataset
     for split in catalog.SPLITS:  # whatever was kept decodes with every decoder training may use
         source = dataset.source(split)
@@ -113,8 +133,11 @@ def test_fuzzed_jpegs_never_reach_training(tmp_path, tiny_config):
 def test_a_non_finite_step_stops_the_run_and_never_reaches_a_checkpoint(tiny_config, tmp_path):
     tiny(tiny_config, train__lr=1e20, train__checkpoint_every_steps=1)
     workdir = str(tmp_path / "run")
-    with pytest.raises(trainer.NonFiniteError, match=r"non-finite at step 2 \(epoch 1, lr 1e\+20\).*checkpoint "
-                                                     r"\(step 1\) holds the last finite state"):
+    with pytest.raises(
+        trainer.NonFiniteError,
+        match=r"non-finite at step 2 \(epoch 1, lr 1e\+20\).*checkpoint "
+        r"\(step 1\) holds the last finite state",
+    ):
         trainer.train_and_evaluate(tiny_config, workdir)
     step, params = latest_params(workdir)
     assert step == 1 and all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
@@ -150,8 +173,13 @@ def test_the_skip_policy_drops_non_finite_steps(tiny_config, tmp_path):
 def test_a_second_run_on_a_busy_workdir_refuses(demo_data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     flags = demo_flags(workdir, demo_data_dir, train__num_epochs=20)
-    first = subprocess.Popen([sys.executable, "-m", "bridgegap_jax.main", *flags], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "bridgegap_jax.main", *flags],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in first.stdout:  # the first one trains
             if line.startswith("epoch 1/20 step 5/25"):
@@ -166,7 +194,9 @@ def test_a_second_run_on_a_busy_workdir_refuses(demo_data_dir, tmp_path):
 def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_config, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     lock = rundir.RunDir(str(workdir)).lock()
     (workdir / rundir.LOCK_FILE).write_text(json.dumps({**lock.me, "pid": int(dead.stdout)}))
     tiny_config.train.num_epochs = 1
@@ -178,13 +208,29 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_config, tmp_path):
 
 
 # --- 5, 6. config values that cannot run ---------------------------------------------------------
-@pytest.mark.parametrize("field,value", [
-    ("train.num_epochs", 0), ("model.depth", 7), ("data.image_size", 0), ("data.observation", "bogus"),
-    ("train.log_every_steps", 0), ("train.checkpoint_every_steps", 0), ("train.eval_batch_size", 0),
-    ("train.lr", 0.0), ("train.lr", -1.0), ("model.alpha", 0.0), ("model.alpha", -1.0), ("train.batch_size", 5000),
-    ("train.batch_size", 0), ("loss.delta_rel", 1.5), ("data.resize", "area"), ("train.nonfinite", "ignore"),
-    ("data.workers", -1), ("train.head_lr_mult", 0.0),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("train.num_epochs", 0),
+        ("model.depth", 7),
+        ("data.image_size", 0),
+        ("data.observation", "bogus"),
+        ("train.log_every_steps", 0),
+        ("train.checkpoint_every_steps", 0),
+        ("train.eval_batch_size", 0),
+        ("train.lr", 0.0),
+        ("train.lr", -1.0),
+        ("model.alpha", 0.0),
+        ("model.alpha", -1.0),
+        ("train.batch_size", 5000),
+        ("train.batch_size", 0),
+        ("loss.delta_rel", 1.5),
+        ("data.resize", "area"),
+        ("train.nonfinite", "ignore"),
+        ("data.workers", -1),
+        ("train.head_lr_mult", 0.0),
+    ],
+)
 def test_a_config_that_cannot_run_is_refused_before_anything_is_written(tiny_config, tmp_path, field, value):
     section, name = field.split(".")
     tiny_config[section][name] = value
@@ -194,15 +240,28 @@ def test_a_config_that_cannot_run_is_refused_before_anything_is_written(tiny_con
 
 
 def test_a_refused_config_is_one_line_from_the_command(demo_data_dir, tmp_path):
-    message = one_line_error(run("-m", "bridgegap_jax.main", *demo_flags(tmp_path / "run", demo_data_dir),
-                                 "--config.train.batch_size=5000"))
-    assert message == ("error: config.train.batch_size=5000: is larger than the 1600 training examples of demo")
+    message = one_line_error(
+        run(
+            "-m",
+            "bridgegap_jax.main",
+            *demo_flags(tmp_path / "run", demo_data_dir),
+            "--config.train.batch_size=5000",
+        )
+    )
+    assert message == (
+        "error: config.train.batch_size=5000: is larger than the 1600 training examples of demo"
+    )
     assert not (tmp_path / "run").exists()
 
 
 # --- 7. tracebacks that are now one line (Ctrl-C: tests/test_console.py) ----------------------
 def test_a_full_disk_is_one_line(demo_data_dir, tmp_path):
-    done = run(os.path.join("tests", "fault_driver.py"), "disk-full", "20", *demo_flags(tmp_path / "run", demo_data_dir))
+    done = run(
+        os.path.join("tests", "fault_driver.py"),
+        "disk-full",
+        "20",
+        *demo_flags(tmp_path / "run", demo_data_dir),
+    )
     message = one_line_error(done)
     assert "no space left on the device holding" in message and "from its checkpoint at step 10" in message
 
@@ -212,7 +271,9 @@ def test_a_damaged_shard_is_named(demo_data_dir, tmp_path):
     shard = next((tmp_path / "data").glob("bridgegap_demo/*/bridgegap_demo-train.array_record-*"))
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) // 2)
-    message = one_line_error(run("-m", "bridgegap_jax.main", *demo_flags(tmp_path / "run", tmp_path / "data")))
+    message = one_line_error(
+        run("-m", "bridgegap_jax.main", *demo_flags(tmp_path / "run", tmp_path / "data"))
+    )
     assert f"damaged file(s) {shard.name} cannot be read" in message
     assert "python -m bridgegap_jax.prepare demo" in message and "--overwrite" in message
 
@@ -221,7 +282,9 @@ def test_a_malformed_safetensors_file_is_one_line(tmp_path):
     header = json.dumps({"conv1.weight": {"shape": [64, 3, 7, 7], "data_offsets": [0, 4]}}).encode()
     path = tmp_path / "model.safetensors"
     path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
-    message = one_line_error(run("-m", "bridgegap_jax.pretrained", f"--source={path}", f"--out={tmp_path / 'out'}"))
+    message = one_line_error(
+        run("-m", "bridgegap_jax.pretrained", f"--source={path}", f"--out={tmp_path / 'out'}")
+    )
     assert str(path) in message and "lacks a dtype" in message
 
 
@@ -244,7 +307,12 @@ def test_when_every_image_fails_the_manifest_it_names_exists(tmp_path, capsys):
     for name in os.listdir(made["image_root"]):
         with open(os.path.join(made["image_root"], name), "wb") as f:
             f.write(b"not a jpeg")
-    assert cli.main(["voc", f"--source={tmp_path / 'download'}", f"--data_dir={tmp_path / 'data'}", "--workers=1"]) == 2
+    assert (
+        cli.main(
+            ["voc", f"--source={tmp_path / 'download'}", f"--data_dir={tmp_path / 'data'}", "--workers=1"]
+        )
+        == 2
+    )
     message = capsys.readouterr().err.strip()
     manifest = message.split("; ")[1].split(" lists")[0]
     assert "none of its" in message and os.path.isfile(manifest)

@@ -12,8 +12,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("module", ["main", "explain", "prepare", "pretrained", "report"])
 def test_help_has_no_gaps(module):
-    done = subprocess.run([sys.executable, "-m", f"bridgegap_jax.{module}", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", f"bridgegap_jax.{module}", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode in (0, 1) and done.stderr == "", done.stderr  # absl's --help exits with 1
     assert "usage" in done.stdout.lower() or "flags:" in done.stdout
     for line in done.stdout.splitlines():

@@ -48,8 +48,16 @@ def reads(monkeypatch):
 
 
 def options(**kwargs):
-    return input_pipeline.Options(**{"image_size": IMAGE_SIZE, "batch_size": 48, "eval_batch_size": 64, "seed": 3,
-                                     "row_multiple": 8, **kwargs})
+    return input_pipeline.Options(
+        **{
+            "image_size": IMAGE_SIZE,
+            "batch_size": 48,
+            "eval_batch_size": 64,
+            "seed": 3,
+            "row_multiple": 8,
+            **kwargs,
+        }
+    )
 
 
 def train_epoch(dataset, count, epoch=2, **kwargs):
@@ -58,7 +66,9 @@ def train_epoch(dataset, count, epoch=2, **kwargs):
     plan = [input_pipeline.Segment("train", steps, epoch)]
     streams = []
     for p in range(count):
-        reader = input_pipeline.BatchReader(dataset, plan, options(process_index=p, process_count=count, **kwargs))
+        reader = input_pipeline.BatchReader(
+            dataset, plan, options(process_index=p, process_count=count, **kwargs)
+        )
         streams.append([reader(i) for i in range(len(reader))])
     out = []
     for batches in zip(*streams):
@@ -66,7 +76,7 @@ def train_epoch(dataset, count, epoch=2, **kwargs):
         for p, b in enumerate(batches):  # every process sees the same global batch, and holds its block of it
             np.testing.assert_array_equal(b["batch_index"], batch_index)
             rows = len(batch_index) // count
-            np.testing.assert_array_equal(b["index"], batch_index[p * rows:(p + 1) * rows])
+            np.testing.assert_array_equal(b["index"], batch_index[p * rows : (p + 1) * rows])
             assert b["image"].shape == (rows, IMAGE_SIZE, IMAGE_SIZE, 3) and b["image"].dtype == np.uint8
         out.append((batch_index, np.concatenate([b["labels"] for b in batches])))
     return out
@@ -80,7 +90,9 @@ def test_an_epoch_is_a_permutation_the_same_for_every_process_count(dataset, sto
     assert len(steps) == 34 and len(steps[-1][0]) == 16
     np.testing.assert_array_equal(np.sort(order), np.arange(n))
     np.testing.assert_array_equal(np.concatenate([s[1] for s in steps]), stored["labels_obs"][order])
-    np.testing.assert_array_equal(order, input_pipeline.epoch_permutation(3, 2, n))  # a function of (seed, epoch)
+    np.testing.assert_array_equal(
+        order, input_pipeline.epoch_permutation(3, 2, n)
+    )  # a function of (seed, epoch)
     if count == 8:
         other_epoch = np.concatenate([s[0] for s in train_epoch(dataset, 1, epoch=3)])
         assert not np.array_equal(order, other_epoch)
@@ -193,7 +205,9 @@ def test_k_positives():
     np.testing.assert_array_equal((obs == 1).sum(1), np.minimum(labels.sum(1), 3))
     assert (labels[obs == 1] == 1).all() and set(np.unique(obs)) <= {0, 1}
     # Keyed by (seed, index): the same row under another index or seed draws differently somewhere.
-    assert not np.array_equal(obs, _observe_all(labels, "k_positives:3", "single_positive", index=np.arange(40) + 1))
+    assert not np.array_equal(
+        obs, _observe_all(labels, "k_positives:3", "single_positive", index=np.arange(40) + 1)
+    )
     assert not np.array_equal(obs, _observe_all(labels, "k_positives:3", "single_positive", seed=1))
     np.testing.assert_array_equal(obs, _observe_all(labels, "k_positives:3", "single_positive"))
 
@@ -219,7 +233,9 @@ def test_partial_encoding_draws_only_verified_labels():
     assert set(np.unique(single)) <= {-1, 1}
 
 
-@pytest.mark.parametrize("mode", ["k_positives:0", "k_positives:x", "fraction:0", "fraction:1.5", "half", "k_positives:2.0"])
+@pytest.mark.parametrize(
+    "mode", ["k_positives:0", "k_positives:x", "fraction:0", "fraction:1.5", "half", "k_positives:2.0"]
+)
 def test_bad_modes(mode):
     with pytest.raises(ValueError, match="config.data.observation"):
         masks.parse(mode)

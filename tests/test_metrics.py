@@ -20,10 +20,10 @@ def _random_problem(seed=0, n=200, c=40):
     # Rounded scores -> many ties, which sklearn groups into one threshold.
     scores = np.round(rng.random((n, c)), 1)
     labels = rng.choice([-1, 0, 1], size=(n, c), p=[0.3, 0.5, 0.2])
-    labels[:, 0] = 0          # class without positives
-    labels[:, 1] = 1          # all positives
-    labels[:, 2] = -1         # only unknowns
-    scores[:, 3] = 0.5        # every score tied
+    labels[:, 0] = 0  # class without positives
+    labels[:, 1] = 1  # all positives
+    labels[:, 2] = -1  # only unknowns
+    scores[:, 3] = 0.5  # every score tied
     return scores, labels
 
 
@@ -59,7 +59,8 @@ def test_chunking_does_not_change_result():
     for chunk in (1, 5, 16):
         # Only float summation order may differ between chunk widths.
         np.testing.assert_allclose(
-            average_precision(scores, labels, mask, chunk_size=chunk), full, rtol=0, atol=1e-12)
+            average_precision(scores, labels, mask, chunk_size=chunk), full, rtol=0, atol=1e-12
+        )
 
 
 def test_map_conventions():

@@ -38,7 +38,8 @@ def test_alpha_one_is_global_average_pool_then_linear(tiny):
     logits, _ = model.apply(variables, images)
     features = ResNetTrunk(depth=18, width=8).apply(
         {"params": variables["params"]["trunk"], "batch_stats": variables["batch_stats"]["trunk"]},
-        (images.astype(jnp.float32) - jnp.asarray([0.485, 0.456, 0.406]) * 255) / (jnp.asarray([0.229, 0.224, 0.225]) * 255),
+        (images.astype(jnp.float32) - jnp.asarray([0.485, 0.456, 0.406]) * 255)
+        / (jnp.asarray([0.229, 0.224, 0.225]) * 255),
         train=False,
     )
     head = variables["params"]["head"]

@@ -14,7 +14,9 @@ the float64 result as torchvision's own float32 is (within 2x).
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is a test extra (pip install -e '.[torch]'); parity tests need it")
+torch = pytest.importorskip(
+    "torch", reason="torch is a test extra (pip install -e '.[torch]'); parity tests need it"
+)
 pytest.importorskip("torchvision", reason="torchvision is a test extra; parity tests need it")
 
 import jax  # noqa: E402
@@ -67,7 +69,9 @@ def trunk_pair(request):
     depth = request.param
     torch.manual_seed(depth)
     resnet = torch_reference.TORCHVISION_RESNETS[depth](weights=None)
-    randomize_batchnorm(resnet, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)), seed=depth)
+    randomize_batchnorm(
+        resnet, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)), seed=depth
+    )
     state = {k: v.numpy() for k, v in resnet.state_dict().items()}
     from bridgegap_jax import pretrained
 
@@ -88,15 +92,22 @@ def test_converted_trunk_equals_torchvision_eval(trunk_pair, size, batch):
     got = np.asarray(apply(variables, x.transpose(0, 2, 3, 1)))
     assert got.shape == expected.shape == (batch, size // 32, size // 32, 2048)
     scale = np.abs(exact).max()
-    diff, flax_error, torch_error = (float(np.abs(a - b).max()) for a, b in ((got, expected), (got, exact), (expected, exact)))
-    print(f"ResNet-{depth} {size}x{size} batch {batch}: max abs flax-torch {diff:.2e} (max |features| {scale:.1f}); "
-          f"vs float64: flax {flax_error:.2e}, torch {torch_error:.2e}")
+    diff, flax_error, torch_error = (
+        float(np.abs(a - b).max()) for a, b in ((got, expected), (got, exact), (expected, exact))
+    )
+    print(
+        f"ResNet-{depth} {size}x{size} batch {batch}: max abs flax-torch {diff:.2e} (max |features| {scale:.1f}); "
+        f"vs float64: flax {flax_error:.2e}, torch {torch_error:.2e}"
+    )
     assert flax_error <= 2 * torch_error + 1e-6
     assert diff <= 1e-3 * scale
 
 
-@pytest.mark.parametrize("options", [{}, {"batch_norm": "fused", "max_pool": "strided", "stem": "space_to_depth"}],
-                         ids=["default layers", "speed options"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"batch_norm": "fused", "max_pool": "strided", "stem": "space_to_depth"}],
+    ids=["default layers", "speed options"],
+)
 def test_key_map_and_paddings_exact_in_float64(options):
     """ResNet-50 at 224 in float64 on both sides: equal to 1e-9 (no float32 noise left to hide a slip);
     also with the speed options, which compute the same function."""
@@ -106,13 +117,18 @@ def test_key_map_and_paddings_exact_in_float64(options):
     randomize_batchnorm(resnet, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
     from bridgegap_jax import pretrained
 
-    variables = jax.tree.map(lambda a: np.asarray(a, np.float64),
-                             pretrained.convert_torchvision({k: v.numpy() for k, v in resnet.state_dict().items()}, depth))
+    variables = jax.tree.map(
+        lambda a: np.asarray(a, np.float64),
+        pretrained.convert_torchvision({k: v.numpy() for k, v in resnet.state_dict().items()}, depth),
+    )
     x = np.random.RandomState(0).randn(1, 3, 224, 224)
     expected = torch_trunk_features(resnet.double(), torch.from_numpy(x))
     with jax.enable_x64(True):
-        got = np.asarray(jax.jit(lambda v, x: ResNetTrunk(depth, dtype=jnp.float64, **options).apply(v, x, train=False))(
-            variables, x.transpose(0, 2, 3, 1)))
+        got = np.asarray(
+            jax.jit(lambda v, x: ResNetTrunk(depth, dtype=jnp.float64, **options).apply(v, x, train=False))(
+                variables, x.transpose(0, 2, 3, 1)
+            )
+        )
     assert got.dtype == np.float64
     diff = np.abs(got - expected).max()
     print(f"ResNet-50 224 float64: max abs diff {diff:.1e}")
@@ -132,11 +148,17 @@ def adam_first_moments(opt_state, params):
 
 
 def relative(a, b):
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / max(np.abs(np.asarray(b)).max(), 1e-30))
+    return float(
+        np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()
+        / max(np.abs(np.asarray(b)).max(), 1e-30)
+    )
 
 
-@pytest.mark.parametrize("options", [{}, {"batch_norm": "fused", "max_pool": "strided"}],
-                         ids=["default layers", "fused batch_norm, strided max_pool"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"batch_norm": "fused", "max_pool": "strided"}],
+    ids=["default layers", "fused batch_norm, strided max_pool"],
+)
 def test_training_step_equals_pytorch_reference(options):
     """ResNet-18, 64x64, batch 4, 80 classes, alpha 5, LL-R at epoch 3 (k = 4), train-mode BN; with
     the default layers and with the speed options that keep every sum in the same order (the
@@ -151,7 +173,9 @@ def test_training_step_equals_pytorch_reference(options):
     depth, size, batch, num_classes, alpha = 18, 64, 4, 80, 5.0
     torch.manual_seed(0)
     reference = torch_reference.CAMClassifier(depth, num_classes, alpha)
-    randomize_batchnorm(reference, torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(2)))
+    randomize_batchnorm(
+        reference, torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(2))
+    )
     reference.train()
     variables = torch_reference.flax_variables(reference, depth)
 
@@ -171,37 +195,67 @@ def test_training_step_equals_pytorch_reference(options):
     zero = jnp.zeros((), jnp.int32)
     state = steps.TrainState(zero, params, variables["batch_stats"], tx.init(params), zero, zero)
     step = jax.jit(lambda s, x, y, k: steps.train_step(s, x, y, k, model=model, tx=tx, loss_fn=scheme.loss))
-    new_state, metrics, selected = step(state, jnp.asarray(images), jnp.asarray(observed), jnp.asarray(k, jnp.int32))
-    flax_grads = jax.tree.map(lambda mu: mu / 0.1, adam_first_moments(new_state.opt_state, params))  # mu = (1 - b1) g
+    new_state, metrics, selected = step(
+        state, jnp.asarray(images), jnp.asarray(observed), jnp.asarray(k, jnp.int32)
+    )
+    flax_grads = jax.tree.map(
+        lambda mu: mu / 0.1, adam_first_moments(new_state.opt_state, params)
+    )  # mu = (1 - b1) g
 
     # PyTorch reference step on the same weights and batch.
-    optimizer = torch_reference.make_optimizer(reference, lr=config.train.lr, head_lr_mult=config.train.head_lr_mult)
-    torch_loss = torch_reference.train_step(reference, optimizer, torch_reference.normalize_uint8(images),
-                                            torch.as_tensor(observed).long(), k, scheme="LL-R", unobserved_value=0)
+    optimizer = torch_reference.make_optimizer(
+        reference, lr=config.train.lr, head_lr_mult=config.train.head_lr_mult
+    )
+    torch_loss = torch_reference.train_step(
+        reference,
+        optimizer,
+        torch_reference.normalize_uint8(images),
+        torch.as_tensor(observed).long(),
+        k,
+        scheme="LL-R",
+        unobserved_value=0,
+    )
     torch_grads = torch_reference.flax_grads(reference, depth)
     torch_after = torch_reference.flax_variables(reference, depth)
 
     loss_diff = abs(float(metrics["loss"]) - float(torch_loss))
     assert int(metrics["num_selected"]) >= k
-    grad_rel = {jax.tree_util.keystr(p): relative(a, b) for (p, a), b in
-                zip(jax.tree_util.tree_leaves_with_path(flax_grads), jax.tree.leaves(torch_grads))}
-    param_rel = {jax.tree_util.keystr(p): relative(a, b) for (p, a), b in
-                 zip(jax.tree_util.tree_leaves_with_path(new_state.params), jax.tree.leaves(torch_after["params"]))}
+    grad_rel = {
+        jax.tree_util.keystr(p): relative(a, b)
+        for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(flax_grads), jax.tree.leaves(torch_grads))
+    }
+    param_rel = {
+        jax.tree_util.keystr(p): relative(a, b)
+        for (p, a), b in zip(
+            jax.tree_util.tree_leaves_with_path(new_state.params), jax.tree.leaves(torch_after["params"])
+        )
+    }
     # The update itself (new - old), where the gradient is well above Adam's eps (|g| > 100 eps):
     # there the step is ~lr * sign(g), and the 10x head lr, bias correction and eps all show in it;
     # agreement to 1e-3 lr plus the float32 rounding of the parameter.
     update_err = 0.0
     for name, lr in (("trunk", config.train.lr), ("head", config.train.lr * config.train.head_lr_mult)):
-        for a, b, o, g in zip(jax.tree.leaves(new_state.params[name]), jax.tree.leaves(torch_after["params"][name]),
-                              jax.tree.leaves(variables["params"][name]), jax.tree.leaves(torch_grads[name])):
+        for a, b, o, g in zip(
+            jax.tree.leaves(new_state.params[name]),
+            jax.tree.leaves(torch_after["params"][name]),
+            jax.tree.leaves(variables["params"][name]),
+            jax.tree.leaves(torch_grads[name]),
+        ):
             a, b, o = (np.asarray(t, np.float64) for t in (a, b, o))
             sure = np.abs(g) > 100 * 1e-8
             tolerance = 1e-3 * lr + 2 * np.spacing(np.abs(o).astype(np.float32))
-            update_err = max(update_err, float((np.abs((a - o) - (b - o)) / tolerance)[sure].max(initial=0.0)))
-    mean_rel = relative(new_state.batch_stats["trunk"]["bn1"]["mean"], torch_after["batch_stats"]["trunk"]["bn1"]["mean"])
-    print(f"loss flax {float(metrics['loss']):.7f} torch {float(torch_loss):.7f} diff {loss_diff:.1e}; "
-          f"max grad rel {max(grad_rel.values()):.1e} ({max(grad_rel, key=grad_rel.get)}); "
-          f"max param rel {max(param_rel.values()):.1e}; update err / tolerance (|g| > 100 eps) {update_err:.2f}; bn1 running mean rel {mean_rel:.1e}")
+            update_err = max(
+                update_err, float((np.abs((a - o) - (b - o)) / tolerance)[sure].max(initial=0.0))
+            )
+    mean_rel = relative(
+        new_state.batch_stats["trunk"]["bn1"]["mean"], torch_after["batch_stats"]["trunk"]["bn1"]["mean"]
+    )
+    print(
+        f"loss flax {float(metrics['loss']):.7f} torch {float(torch_loss):.7f} diff {loss_diff:.1e}; "
+        f"max grad rel {max(grad_rel.values()):.1e} ({max(grad_rel, key=grad_rel.get)}); "
+        f"max param rel {max(param_rel.values()):.1e}; update err / tolerance "
+        f"(|g| > 100 eps) {update_err:.2f}; bn1 running mean rel {mean_rel:.1e}"
+    )
     assert loss_diff <= 1e-5
     assert max(grad_rel.values()) <= 1e-4, sorted(grad_rel.items(), key=lambda kv: -kv[1])[:5]
     # Where |g| is near Adam's eps (1e-8) the step lr * g / (|g| + eps) turns gradient differences of

@@ -11,8 +11,13 @@ import pytest
 from bridgegap_jax import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = {"seed": 0, "data": {"name": "demo", "image_size": 32}, "model": {"alpha": 5.0, "pretrained": ""},
-          "loss": {"scheme": "LL-R"}, "train": {"num_epochs": 10}}
+CONFIG = {
+    "seed": 0,
+    "data": {"name": "demo", "image_size": 32},
+    "model": {"alpha": 5.0, "pretrained": ""},
+    "loss": {"scheme": "LL-R"},
+    "train": {"num_epochs": 10},
+}
 
 
 def config(**dotted):
@@ -28,8 +33,13 @@ def config(**dotted):
 
 
 def result(test_map, val_map=50.0, best_epoch=7, wall_time_s=3725.4, groups=None):
-    return {"test_map": test_map, "best_val_map": val_map, "best_epoch": best_epoch,
-            "wall_time_s": wall_time_s, "test_groups": groups or {}}
+    return {
+        "test_map": test_map,
+        "best_val_map": val_map,
+        "best_epoch": best_epoch,
+        "wall_time_s": wall_time_s,
+        "test_groups": groups or {},
+    }
 
 
 def workdir(path, run_config, run_result=None, records=()):
@@ -56,24 +66,46 @@ def parse(text):
 def test_one_row_per_run_with_differing_fields_scores_and_status(tmp_path, capsys):
     runs = [
         workdir(tmp_path / "boost", config(), result(61.234, 62.0, 7)),
-        workdir(tmp_path / "an", config(**{"model.alpha": 1.0, "loss.scheme": "AN"}),
-                result(55.0, 56.5, 9, 59.6)),
-        workdir(tmp_path / "half", config(**{"model.alpha": 1.0}), records=[
-            {"kind": "train", "step": 100, "epoch": 1, "loss": 0.3},
-            {"kind": "validation", "step": 100, "epoch": 1, "map": 40.0},
-            {"kind": "validation", "step": 200, "epoch": 2, "map": 45.5},
-            {"kind": "validation", "step": 300, "epoch": 3, "map": 45.5},
-            {"kind": "train", "step": 350, "epoch": 4, "loss": 0.2},
-        ]),
+        workdir(
+            tmp_path / "an", config(**{"model.alpha": 1.0, "loss.scheme": "AN"}), result(55.0, 56.5, 9, 59.6)
+        ),
+        workdir(
+            tmp_path / "half",
+            config(**{"model.alpha": 1.0}),
+            records=[
+                {"kind": "train", "step": 100, "epoch": 1, "loss": 0.3},
+                {"kind": "validation", "step": 100, "epoch": 1, "map": 40.0},
+                {"kind": "validation", "step": 200, "epoch": 2, "map": 45.5},
+                {"kind": "validation", "step": 300, "epoch": 3, "map": 45.5},
+                {"kind": "train", "step": 350, "epoch": 4, "loss": 0.2},
+            ],
+        ),
         workdir(tmp_path / "fresh", config(**{"train.num_epochs": 20})),
     ]
     assert report.main(runs) == 0
     header, rows, common = parse(capsys.readouterr().out)
-    assert header == ["run", "loss.scheme", "model.alpha", "train.num_epochs", "best epoch", "val mAP",
-                      "test mAP", "wall time", "status"]
-    assert rows[0] == {"run": runs[0], "loss.scheme": "LL-R", "model.alpha": "5.0", "train.num_epochs": "10",
-                       "best epoch": "7", "val mAP": "62.00", "test mAP": "61.23", "wall time": "1:02:05",
-                       "status": "finished"}
+    assert header == [
+        "run",
+        "loss.scheme",
+        "model.alpha",
+        "train.num_epochs",
+        "best epoch",
+        "val mAP",
+        "test mAP",
+        "wall time",
+        "status",
+    ]
+    assert rows[0] == {
+        "run": runs[0],
+        "loss.scheme": "LL-R",
+        "model.alpha": "5.0",
+        "train.num_epochs": "10",
+        "best epoch": "7",
+        "val mAP": "62.00",
+        "test mAP": "61.23",
+        "wall time": "1:02:05",
+        "status": "finished",
+    }
     assert rows[1]["loss.scheme"] == "AN" and rows[1]["wall time"] == "0:01:00"
     # Unfinished: the best validation so far (the first of equal ones), no test, the latest epoch it reached.
     assert (rows[2]["best epoch"], rows[2]["val mAP"], rows[2]["test mAP"]) == ("2", "45.50", "")
@@ -84,30 +116,44 @@ def test_one_row_per_run_with_differing_fields_scores_and_status(tmp_path, capsy
 
 def test_openimages_groups_get_columns(tmp_path, capsys):
     groups = {f"group{g}": 10.0 * g for g in range(1, 6)}
-    runs = [workdir(tmp_path / "a", config(), result(30.0, groups=groups)),
-            workdir(tmp_path / "b", config(seed=1), result(31.0))]
+    runs = [
+        workdir(tmp_path / "a", config(), result(30.0, groups=groups)),
+        workdir(tmp_path / "b", config(seed=1), result(31.0)),
+    ]
     report.main(runs)
     header, rows, _ = parse(capsys.readouterr().out)
-    assert header[header.index("test mAP") + 1:][:5] == ["group1", "group2", "group3", "group4", "group5"]
+    assert header[header.index("test mAP") + 1 :][:5] == ["group1", "group2", "group3", "group4", "group5"]
     assert rows[0]["group5"] == "50.00" and rows[1]["group5"] == ""
 
 
 def test_seeds_groups_runs_that_differ_only_in_seed(tmp_path, capsys):
     runs = []
     for seed, test_map in enumerate([70.0, 71.0, 75.0]):
-        runs.append(workdir(tmp_path / f"boost_{seed}", config(seed=seed),
-                            result(test_map, val_map=test_map + 1)))
+        runs.append(
+            workdir(tmp_path / f"boost_{seed}", config(seed=seed), result(test_map, val_map=test_map + 1))
+        )
     for seed, test_map in enumerate([60.0, 64.0]):
         an = config(seed=seed, **{"model.alpha": 1.0})
         runs.append(workdir(tmp_path / f"an_{seed}", an, result(test_map)))
-    runs.append(workdir(tmp_path / "an_2", config(seed=2, **{"model.alpha": 1.0}), records=[
-        {"kind": "validation", "step": 10, "epoch": 1, "map": 99.0}]))
+    runs.append(
+        workdir(
+            tmp_path / "an_2",
+            config(seed=2, **{"model.alpha": 1.0}),
+            records=[{"kind": "validation", "step": 10, "epoch": 1, "map": 99.0}],
+        )
+    )
     assert report.main(["--seeds", *runs]) == 0
     header, rows, common = parse(capsys.readouterr().out)
     assert header == ["model.alpha", "seeds", "n", "val mAP", "test mAP", "status"]
     # mean 72, sample std sqrt((4 + 1 + 9) / 2) = 2.65
-    assert rows[0] == {"model.alpha": "5.0", "seeds": "0,1,2", "n": "3", "val mAP": "73.00 ± 2.65",
-                       "test mAP": "72.00 ± 2.65", "status": "finished"}
+    assert rows[0] == {
+        "model.alpha": "5.0",
+        "seeds": "0,1,2",
+        "n": "3",
+        "val mAP": "73.00 ± 2.65",
+        "test mAP": "72.00 ± 2.65",
+        "status": "finished",
+    }
     # Only finished runs count: the unfinished seed's 99.0 is left out, and named.
     assert (rows[1]["seeds"], rows[1]["n"], rows[1]["test mAP"]) == ("0,1,2", "2", "62.00 ± 2.83")
     assert rows[1]["val mAP"] == "50.00 ± 0.00"
@@ -120,13 +166,19 @@ def test_a_path_that_is_not_a_workdir_is_one_line_and_exit_code_2(tmp_path):
     (tmp_path / "plain").mkdir()
     not_a_workdir = "is not a workdir of bridgegap_jax.main: it has no config.json"
     for bad, message in [(tmp_path / "missing", "does not exist"), (tmp_path / "plain", not_a_workdir)]:
-        done = subprocess.run([sys.executable, "-m", "bridgegap_jax.report", good, str(bad)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "bridgegap_jax.report", good, str(bad)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr == f"error: {bad} {message}\n"
 
 
-@pytest.mark.parametrize("seconds,text", [(0, "0:00:00"), (59.5, "0:01:00"), (3725.4, "1:02:05"),
-                                          (90000, "25:00:00")])
+@pytest.mark.parametrize(
+    "seconds,text", [(0, "0:00:00"), (59.5, "0:01:00"), (3725.4, "1:02:05"), (90000, "25:00:00")]
+)
 def test_wall_time_is_hours_minutes_seconds(seconds, text):
     assert report.hms(seconds) == text

@@ -22,10 +22,10 @@ def read_events(logdir):
     for path in sorted(logdir.iterdir()):
         data, pos = path.read_bytes(), 0
         while pos < len(data):
-            length, length_crc = struct.unpack("<QI", data[pos:pos + 12])
-            payload, end = data[pos + 12:pos + 12 + length], pos + 16 + length
-            (payload_crc,) = struct.unpack("<I", data[end - 4:end])
-            assert length_crc == masked_crc32c(data[pos:pos + 8]), path
+            length, length_crc = struct.unpack("<QI", data[pos : pos + 12])
+            payload, end = data[pos + 12 : pos + 12 + length], pos + 16 + length
+            (payload_crc,) = struct.unpack("<I", data[end - 4 : end])
+            assert length_crc == masked_crc32c(data[pos : pos + 8]), path
             assert payload_crc == masked_crc32c(payload), path
             events.append(event_pb2.Event.FromString(payload))
             pos = end
@@ -61,8 +61,13 @@ def finished_run(tmp_path_factory, demo_data_dir):
 def test_metrics_jsonl_is_strict_json_with_a_wall_time(finished_run):
     workdir, start, end = finished_run
     records = [strict_json(line) for line in (workdir / rundir.METRICS_FILE).read_text().splitlines()]
-    assert [(r["kind"], r["step"]) for r in records] == [("train", 10), ("train", 20), ("train", 25),
-                                                         ("validation", 25), ("test", 25)]
+    assert [(r["kind"], r["step"]) for r in records] == [
+        ("train", 10),
+        ("train", 20),
+        ("train", 25),
+        ("validation", 25),
+        ("test", 25),
+    ]
     for record in records:
         assert start <= record["wall_time"] <= end
     assert {"loss", "k", "num_selected", "lr", "images_per_second", "epoch"} <= set(records[0])

@@ -86,7 +86,11 @@ def test_schedule_uses_the_reference_float_arithmetic():
     assert schemes.create("AN", 0.005).num_large_losses(9, 16, 80) == 0
     # The paper's rates are the defaults.
     assert {name: schemes.create(name).delta_rel for name in ("AN", "LL-R", "LL-Ct", "LL-Cp")} == {
-        "AN": 0.0, "LL-R": 0.005, "LL-Ct": 0.002, "LL-Cp": 0.001}
+        "AN": 0.0,
+        "LL-R": 0.005,
+        "LL-Ct": 0.002,
+        "LL-Cp": 0.001,
+    }
 
 
 def test_only_unobserved_entries_are_selected():
@@ -111,7 +115,9 @@ class HalfWeightUnobserved(schemes.Scheme):
         from bridgegap_jax import losses
 
         loss, _, unobserved = losses.assume_negative(logits, observed, self.unobserved_value)
-        return losses.LossOutput(jnp.mean(jnp.where(unobserved, 0.5 * loss, loss)), jnp.zeros_like(unobserved))
+        return losses.LossOutput(
+            jnp.mean(jnp.where(unobserved, 0.5 * loss, loss)), jnp.zeros_like(unobserved)
+        )
 
 
 def test_a_scheme_registered_from_outside_trains_one_step(tiny_config, tmp_path):

@@ -37,8 +37,12 @@ def test_step_lowers_the_loss_and_new_epochs_do_not_recompile():
 
 
 def final_state(workdir):
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"), item_names=("state", "progress"))
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints", "latest"), item_names=("state", "progress")
+    )
+    restored = manager.restore(
+        manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )
     return restored["state"]["train"]["params"], restored["state"]["host"].get("corrections")
 
 
@@ -54,7 +58,14 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path,
     resumed = trainer.train_and_evaluate(tiny_config, str(tmp_path / "split"))
     assert "resuming" in capsys.readouterr().out
 
-    for key in ("test_map", "test_map_with_positives", "test_loss", "best_epoch", "best_val_map", "num_test_examples"):
+    for key in (
+        "test_map",
+        "test_map_with_positives",
+        "test_loss",
+        "best_epoch",
+        "best_val_map",
+        "num_test_examples",
+    ):
         assert resumed[key] == whole[key], key
     params_a, corrections_a = final_state(str(tmp_path / "whole"))
     params_b, corrections_b = final_state(str(tmp_path / "split"))

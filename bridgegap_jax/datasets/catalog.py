@@ -28,15 +28,29 @@ class DatasetSpec:
 
 DATASETS = {
     "demo": DatasetSpec("bridgegap_demo", 10, "single_positive", "nothing: built from scikit-learn's digits"),
-    "demo_large": DatasetSpec("bridgegap_demo_large", 10, "single_positive", "nothing: 8x the demo's mosaics"),
+    "demo_large": DatasetSpec(
+        "bridgegap_demo_large", 10, "single_positive", "nothing: 8x the demo's mosaics"
+    ),
     "voc": DatasetSpec("bridgegap_voc", 20, "single_positive", "VOCtrainval_11-May-2012.tar (VOC 2012)"),
-    "coco": DatasetSpec("bridgegap_coco", 80, "single_positive",
-                        "COCO 2014 train2014/, val2014/ and annotations_trainval2014.zip"),
-    "nuswide": DatasetSpec("bridgegap_nuswide", 81, "single_positive",
-                           "NUS-WIDE images and the single-positive benchmark's formatted files"),
+    "coco": DatasetSpec(
+        "bridgegap_coco",
+        80,
+        "single_positive",
+        "COCO 2014 train2014/, val2014/ and annotations_trainval2014.zip",
+    ),
+    "nuswide": DatasetSpec(
+        "bridgegap_nuswide",
+        81,
+        "single_positive",
+        "NUS-WIDE images and the single-positive benchmark's formatted files",
+    ),
     "cub": DatasetSpec("bridgegap_cub", 312, "single_positive", "CUB_200_2011.tgz"),
-    "openimages": DatasetSpec("bridgegap_openimages", 5000, "partial",
-                              "OpenImages V3 (2017_11): images_2017_11, annotations_human_2017_11, classes_2017_11"),
+    "openimages": DatasetSpec(
+        "bridgegap_openimages",
+        5000,
+        "partial",
+        "OpenImages V3 (2017_11): images_2017_11, annotations_human_2017_11, classes_2017_11",
+    ),
 }
 
 BUILT_IN = ("demo", "demo_large")  # made from scikit-learn's digits when first used: nothing to download
@@ -109,9 +123,12 @@ class Dataset:
             except Exception:  # noqa: BLE001 - any failure to open is what we report
                 bad.append(path.name)
         what = f"damaged file(s) {', '.join(bad)}" if bad else f"a file of split {split!r}"
-        return DataError(f"{self.directory}: {what} cannot be read ({' '.join(str(error).split())[:200]}); "
-                         f"rebuild the dataset with `{prepare_command(self.name, os.path.dirname(os.path.dirname(self.directory)))} "
-                         "--overwrite`")
+        return DataError(
+            f"{self.directory}: {what} cannot be read ({' '.join(str(error).split())[:200]}); "
+            "rebuild the dataset with "
+            f"`{prepare_command(self.name, os.path.dirname(os.path.dirname(self.directory)))} "
+            "--overwrite`"
+        )
 
 
 def open_dataset(name: str, data_dir: str) -> Dataset:
@@ -137,7 +154,8 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
     info = tfds.builder_from_directory(str(directory)).info
     if info.file_format is None or info.file_format.value != "array_record":
         raise DatasetNotFoundError(
-            f"dataset {name!r} at {directory} was prepared as {info.file_format.value if info.file_format else 'tfrecord'} "
+            f"dataset {name!r} at {directory} was prepared as "
+            f"{info.file_format.value if info.file_format else 'tfrecord'} "
             f"files by an older version; this one reads ArrayRecord without TensorFlow: rebuild it with "
             f"`{prepare_command(name, data_dir)} --overwrite`"
         )
@@ -151,7 +169,9 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
             )
     missing = [split for split in SPLITS if split not in info.splits]
     if missing:
-        raise ValueError(f"{directory} has no split(s) {missing}: re-run `{prepare_command(name, data_dir)} --overwrite`")
+        raise ValueError(
+            f"{directory} has no split(s) {missing}: re-run `{prepare_command(name, data_dir)} --overwrite`"
+        )
     return Dataset(
         name=name,
         directory=str(directory),

@@ -28,8 +28,10 @@ CODES = {"single_positive": (1, -1, 0), "partial": (1, 0, -1)}
 
 def parse(mode: str) -> tuple[str, float] | None:
     """None for 'stored', else ('positives', K) or ('fraction', F); a clear error otherwise."""
-    error = ValueError(f"config.data.observation={mode!r} is not one of {', '.join(MODES)} "
-                       "(K a positive integer, 0 < F <= 1)")
+    error = ValueError(
+        f"config.data.observation={mode!r} is not one of {', '.join(MODES)} "
+        "(K a positive integer, 0 < F <= 1)"
+    )
     if not isinstance(mode, str):
         raise error
     if mode == "stored":

@@ -35,7 +35,9 @@ def _write_lines(path: str, lines) -> None:
 
 
 def _class_names(path: str | None, source: str, num_classes: int) -> list[str] | None:
-    candidates = [path] if path else [os.path.join(source, n) for n in (catalog.CLASS_NAMES_FILE, "Concepts81.txt")]
+    candidates = (
+        [path] if path else [os.path.join(source, n) for n in (catalog.CLASS_NAMES_FILE, "Concepts81.txt")]
+    )
     for p in candidates:
         if p and os.path.exists(p):
             with open(p) as f:
@@ -52,23 +54,38 @@ def prepare_single_positive(name: str, args) -> str:
     spec = catalog.spec(name)
     if formatted.is_formatted(args.source):
         image_root = args.images or next(
-            (os.path.join(args.source, d) for d in ("Flickr", "images", "JPEGImages") if os.path.isdir(os.path.join(args.source, d))),
-            None)
+            (
+                os.path.join(args.source, d)
+                for d in ("Flickr", "images", "JPEGImages")
+                if os.path.isdir(os.path.join(args.source, d))
+            ),
+            None,
+        )
         if image_root is None:
-            raise FileNotFoundError(f"--source={args.source} is a formatted-npy folder: give --images=<the folder its "
-                                    "formatted_*_images.npy paths are relative to>")
-        data = formatted.read_formatted(args.source, image_root, spec.num_classes,
-                                        _class_names(args.class_names, args.source, spec.num_classes))
+            raise FileNotFoundError(
+                f"--source={args.source} is a formatted-npy folder: give --images=<the folder its "
+                "formatted_*_images.npy paths are relative to>"
+            )
+        data = formatted.read_formatted(
+            args.source,
+            image_root,
+            spec.num_classes,
+            _class_names(args.class_names, args.source, spec.num_classes),
+        )
         for phase, stored in data.labels_obs.items():
             same = np.array_equal(stored, observe_single_positive(data.labels[phase]))
-            print(f"formatted_{phase}_labels_obs.npy used as stored; equal to the benchmark's seeded generator: {same}")
+            print(
+                f"formatted_{phase}_labels_obs.npy used as stored; equal to the benchmark's seeded generator: {same}"
+            )
     elif name in READERS:
         data = READERS[name](args.source)
         if args.images:
             data.image_root = args.images
     else:
-        raise FileNotFoundError(f"--source={args.source} has no formatted_train_labels.npy; {name} is read from the "
-                                "benchmark's formatted files (formatted_{train,val}_{images,labels}.npy) plus --images")
+        raise FileNotFoundError(
+            f"--source={args.source} has no formatted_train_labels.npy; {name} is read from the "
+            "benchmark's formatted files (formatted_{train,val}_{images,labels}.npy) plus --images"
+        )
     num_classes = data.labels["train"].shape[1]
     if num_classes != spec.num_classes:
         raise ValueError(f"{args.source}: {num_classes} classes, but {name} has {spec.num_classes}")
@@ -88,9 +105,17 @@ def prepare_single_positive(name: str, args) -> str:
             np.save(os.path.join(folder, f"file_rows_{split}.npy"), parts[split]["file_rows"][result.kept])
 
     folder, _ = writer.write_dataset(
-        args.data_dir, spec.tfds_name, sources, num_classes=num_classes, compress_labels=False,
+        args.data_dir,
+        spec.tfds_name,
+        sources,
+        num_classes=num_classes,
+        compress_labels=False,
         description=f"{name}: single-positive benchmark rows, prepared from {args.source}",
-        max_short_side=args.max_short_side or None, workers=args.workers, overwrite=args.overwrite, finish=finish)
+        max_short_side=args.max_short_side or None,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        finish=finish,
+    )
     return folder
 
 
@@ -100,13 +125,20 @@ def prepare_openimages(args) -> str:
     spec = catalog.spec("openimages")
     mids, names = openimages.read_classes(args.source)
     if len(mids) != spec.num_classes:
-        raise ValueError(f"{args.source}/classes-trainable.txt lists {len(mids)} classes, expected {spec.num_classes}")
+        raise ValueError(
+            f"{args.source}/classes-trainable.txt lists {len(mids)} classes, expected {spec.num_classes}"
+        )
     labels, sources = {}, {}
     for split in openimages.SPLITS:
-        labels[split] = lab = openimages.read_split(os.path.join(args.source, split, "annotations-human.csv"), mids)
-        print(f"openimages {split}: {len(lab.image_ids)} images, {len(lab.vals)} verified labels "
-              f"({int((lab.vals == 1).sum())} positive) on trainable classes, {lab.other_labels} on other classes, "
-              f"{lab.conflicts} pairs verified both ways (kept positive)", flush=True)
+        labels[split] = lab = openimages.read_split(
+            os.path.join(args.source, split, "annotations-human.csv"), mids
+        )
+        print(
+            f"openimages {split}: {len(lab.image_ids)} images, {len(lab.vals)} verified labels "
+            f"({int((lab.vals == 1).sum())} positive) on trainable classes, {lab.other_labels} on other classes, "
+            f"{lab.conflicts} pairs verified both ways (kept positive)",
+            flush=True,
+        )
         sources[split] = writer.SplitSource(
             image_ids=lab.image_ids,
             paths=[openimages.image_path(args.source, split, i) for i in lab.image_ids],
@@ -117,33 +149,59 @@ def prepare_openimages(args) -> str:
         train = labels["train"]
         counts = train.positive_counts(results["train"].kept)
         _write_lines(os.path.join(folder, catalog.CLASS_NAMES_FILE), names)
-        openimages.frequency_table(os.path.join(folder, "class_frequency.tsv"), mids, names, counts, train.positive_counts())
+        openimages.frequency_table(
+            os.path.join(folder, "class_frequency.tsv"), mids, names, counts, train.positive_counts()
+        )
         np.save(os.path.join(folder, catalog.CLASS_GROUPS_FILE), metrics.frequency_groups(counts, 5))
 
     short_side = OPENIMAGES_SHORT_SIDE if args.max_short_side is None else (args.max_short_side or None)
     folder, _ = writer.write_dataset(
-        args.data_dir, spec.tfds_name, sources, num_classes=len(mids), compress_labels=True,
+        args.data_dir,
+        spec.tfds_name,
+        sources,
+        num_classes=len(mids),
+        compress_labels=True,
         description=f"OpenImages V3 (2017_11) human-verified labels, 5,000 trainable classes, from {args.source}",
-        max_short_side=short_side, workers=args.workers, overwrite=args.overwrite, finish=finish)
+        max_short_side=short_side,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        finish=finish,
+    )
     return folder
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bridgegap_jax.prepare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", choices=list(catalog.DATASETS))
-    parser.add_argument("--source", help="the downloads (official layout) or a formatted-npy folder (not for demo)")
+    parser.add_argument(
+        "--source", help="the downloads (official layout) or a formatted-npy folder (not for demo)"
+    )
     parser.add_argument("--data_dir", required=True, help="tfds data_dir (config.data.data_dir)")
-    parser.add_argument("--images", help="image root for a formatted-npy --source (paths in formatted_*_images.npy "
-                                         "are relative to it)")
+    parser.add_argument(
+        "--images",
+        help="image root for a formatted-npy --source (paths in formatted_*_images.npy are relative to it)",
+    )
     parser.add_argument("--class_names", help="file with one class name per line (NUS-WIDE: Concepts81.txt)")
-    parser.add_argument("--workers", type=int, default=writer.default_workers(), help="image decoding processes")
-    parser.add_argument("--max_short_side", type=int, default=None,
-                        help=f"re-encode images with a longer shorter side (default: {OPENIMAGES_SHORT_SIDE} for "
-                             "openimages, keep the original bytes for the others; 0 = keep)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="rebuild an existing prepared dataset (the old one is replaced only once the new one is "
-                             "complete)")
+    parser.add_argument(
+        "--workers", type=int, default=writer.default_workers(), help="image decoding processes"
+    )
+    parser.add_argument(
+        "--max_short_side",
+        type=int,
+        default=None,
+        help=f"re-encode images with a longer shorter side (default: {OPENIMAGES_SHORT_SIDE} for "
+        "openimages, keep the original bytes for the others; 0 = keep)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild an existing prepared dataset (the old one is replaced only once the new one is "
+        "complete)",
+    )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
 
@@ -153,7 +211,9 @@ def prepare(args) -> str:
     if args.name in catalog.BUILT_IN:
         return demo.build(args.data_dir, overwrite=args.overwrite, name=args.name)
     if not args.source:
-        raise UserError(f"{args.name} is prepared from its downloads: give --source=<folder> (README, section Data)")
+        raise UserError(
+            f"{args.name} is prepared from its downloads: give --source=<folder> (README, section Data)"
+        )
     args.source = os.path.expanduser(args.source)
     if not os.path.isdir(args.source):
         raise UserError(f"--source={args.source} is not a folder")
@@ -171,8 +231,10 @@ def main(argv=None) -> int:
             raise
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
-    print(f"prepared {args.name} in {folder}; train with --config=configs/{args.name}.py "
-          f"--config.data.data_dir={args.data_dir}")
+    print(
+        f"prepared {args.name} in {folder}; train with --config=configs/{args.name}.py "
+        f"--config.data.data_dir={args.data_dir}"
+    )
     return 0
 
 

@@ -135,8 +135,18 @@ def build(data_dir: str, overwrite: bool = False, name: str = "demo") -> str:
             f.writelines(f"{name}\n" for name in CLASS_NAMES)
 
     folder, _ = writer.write_dataset(
-        data_dir, catalog.spec(name).tfds_name, sources, num_classes=NUM_CLASSES, compress_labels=False,
-        description=_DESCRIPTION, max_short_side=None, workers=1, overwrite=overwrite, image_format="png",
-        finish=finish, quiet=True)
+        data_dir,
+        catalog.spec(name).tfds_name,
+        sources,
+        num_classes=NUM_CLASSES,
+        compress_labels=False,
+        description=_DESCRIPTION,
+        max_short_side=None,
+        workers=1,
+        overwrite=overwrite,
+        image_format="png",
+        finish=finish,
+        quiet=True,
+    )
     print(f"built the {name} dataset in {folder}", flush=True)
     return folder

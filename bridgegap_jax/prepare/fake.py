@@ -84,8 +84,10 @@ def _multi_hot(rng, n: int, c: int, p: float) -> np.ndarray:
 def make_voc(out: str, rng, sizes=(30, 14)) -> dict:
     root = os.path.join(out, "VOCdevkit", "VOC2012")
     truth = {}
-    names_by_phase = {"train": [f"2008_{i:06d}" for i in range(sizes[0])],
-                      "val": [f"2007_{i:06d}" for i in range(sizes[1])]}
+    names_by_phase = {
+        "train": [f"2008_{i:06d}" for i in range(sizes[0])],
+        "val": [f"2007_{i:06d}" for i in range(sizes[1])],
+    }
     for phase, names in names_by_phase.items():
         names = list(rng.permutation(names))  # the class lists are not in sorted order
         values = rng.choice([1, -1, -1, -1, 0], size=(len(names), len(VOC_CLASSES)))  # 0 = difficult
@@ -98,11 +100,20 @@ def make_voc(out: str, rng, sizes=(30, 14)) -> dict:
                 f.writelines(f"{n} {'' if v < 0 else ' '}{v}\n" for n, v in zip(names, values[:, c]))
         for n in names:
             _jpeg(os.path.join(root, "JPEGImages", n + ".jpg"), rng)
-        rows = sorted((n + ".jpg", (values[i] == 1).astype(np.int8)) for i, n in enumerate(names) if (values[i] == 1).any())
+        rows = sorted(
+            (n + ".jpg", (values[i] == 1).astype(np.int8))
+            for i, n in enumerate(names)
+            if (values[i] == 1).any()
+        )
         truth[phase] = (np.array([r[0] for r in rows]), np.stack([r[1] for r in rows]))
     missing, corrupt = truth["train"][0][2], truth["val"][0][1]
     _break(os.path.join(root, "JPEGImages"), missing, corrupt)
-    return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": os.path.join(root, "JPEGImages")}
+    return {
+        "formatted": truth,
+        "missing": [missing],
+        "corrupt": [corrupt],
+        "image_root": os.path.join(root, "JPEGImages"),
+    }
 
 
 def make_coco(out: str, rng, sizes=(30, 14), photo_size: int | None = None) -> dict:
@@ -113,16 +124,24 @@ def make_coco(out: str, rng, sizes=(30, 14), photo_size: int | None = None) -> d
     truth = {}
     os.makedirs(os.path.join(out, "annotations"), exist_ok=True)
     for phase, n in zip(("train", "val"), sizes):
-        ids = rng.choice([9, 25, 100, 1000, 30, 301, 4, 42, 420, 77] + list(range(5000, 5000 + 3 * n)), n + 2, replace=False)
+        ids = rng.choice(
+            [9, 25, 100, 1000, 30, 301, 4, 42, 420, 77] + list(range(5000, 5000 + 3 * n)),
+            n + 2,
+            replace=False,
+        )
         labels = _multi_hot(rng, n, 80, 0.04)
         annotations, k = [], 0
         for row, image_id in enumerate(ids[:n]):
             for c in np.nonzero(labels[row])[0]:
                 for _ in range(int(rng.integers(1, 3))):  # several instances of one category
-                    annotations.append({"id": k, "image_id": int(image_id), "category_id": cat_ids[c], "bbox": [0, 0, 1, 1]})
+                    annotations.append(
+                        {"id": k, "image_id": int(image_id), "category_id": cat_ids[c], "bbox": [0, 0, 1, 1]}
+                    )
                     k += 1
         rng.shuffle(annotations)
-        images = [{"id": int(i), "file_name": f"COCO_{phase}2014_{int(i):012d}.jpg"} for i in ids]  # last 2: no annotation
+        images = [
+            {"id": int(i), "file_name": f"COCO_{phase}2014_{int(i):012d}.jpg"} for i in ids
+        ]  # last 2: no annotation
         with open(os.path.join(out, "annotations", f"instances_{phase}2014.json"), "w") as f:
             json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
         for i in ids:
@@ -132,7 +151,10 @@ def make_coco(out: str, rng, sizes=(30, 14), photo_size: int | None = None) -> d
             else:
                 _jpeg(path, rng)
         order = sorted(range(n), key=lambda r: str(ids[r]))
-        truth[phase] = (np.array([f"{phase}2014/COCO_{phase}2014_{int(ids[r]):012d}.jpg" for r in order]), labels[order])
+        truth[phase] = (
+            np.array([f"{phase}2014/COCO_{phase}2014_{int(ids[r]):012d}.jpg" for r in order]),
+            labels[order],
+        )
     if photo_size:
         return {"formatted": truth, "missing": [], "corrupt": [], "image_root": out}
     missing, corrupt = truth["train"][0][0], truth["val"][0][3]
@@ -154,16 +176,26 @@ def make_cub(out: str, rng, num_images=40) -> dict:
         for i in range(num_images):
             for a in range(312):
                 extra = " 0" if (i, a) == (5, 7) else ""  # the official file has a few such lines
-                f.write(f"{i + 1} {a + 1} {present[i, a]}{extra} {int(rng.integers(1, 5))} {rng.random() * 20:.3f}\n")
+                f.write(
+                    f"{i + 1} {a + 1} {present[i, a]}{extra} {int(rng.integers(1, 5))} {rng.random() * 20:.3f}\n"
+                )
     with open(os.path.join(out, "attributes.txt"), "w") as f:
         f.writelines(f"{a + 1} has_attribute::value_{a}\n" for a in range(312))
     for name in files:
         _jpeg(os.path.join(root, "images", name), rng)
     train = is_train == 1
-    truth = {"train": (np.array(files)[train], present[train]), "val": (np.array(files)[~train], present[~train])}
+    truth = {
+        "train": (np.array(files)[train], present[train]),
+        "val": (np.array(files)[~train], present[~train]),
+    }
     missing, corrupt = truth["train"][0][1], truth["val"][0][0]
     _break(os.path.join(root, "images"), missing, corrupt)
-    return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": os.path.join(root, "images")}
+    return {
+        "formatted": truth,
+        "missing": [missing],
+        "corrupt": [corrupt],
+        "image_root": os.path.join(root, "images"),
+    }
 
 
 def make_nuswide(out: str, rng, sizes=(30, 14)) -> dict:
@@ -179,7 +211,12 @@ def make_nuswide(out: str, rng, sizes=(30, 14)) -> dict:
         truth[phase] = (images, labels)
     missing, corrupt = truth["train"][0][4], truth["val"][0][2]
     _break(os.path.join(out, "Flickr"), missing, corrupt)
-    return {"formatted": truth, "missing": [missing], "corrupt": [corrupt], "image_root": os.path.join(out, "Flickr")}
+    return {
+        "formatted": truth,
+        "missing": [missing],
+        "corrupt": [corrupt],
+        "image_root": os.path.join(out, "Flickr"),
+    }
 
 
 def make_openimages(out: str, rng, sizes=(40, 12, 12), num_classes=5000, used_classes=10) -> dict:
@@ -218,11 +255,18 @@ def make_openimages(out: str, rng, sizes=(40, 12, 12), num_classes=5000, used_cl
     return {"labels": truth, "missing": missing, "corrupt": corrupt, "mids": mids}
 
 
-MAKERS = {"voc": make_voc, "coco": make_coco, "cub": make_cub, "nuswide": make_nuswide, "openimages": make_openimages}
+MAKERS = {
+    "voc": make_voc,
+    "coco": make_coco,
+    "cub": make_cub,
+    "nuswide": make_nuswide,
+    "openimages": make_openimages,
+}
 
 
-def make(name: str, out: str, seed: int = 0, image_size: int | None = None,
-         num_images: int | None = None) -> dict:
+def make(
+    name: str, out: str, seed: int = 0, image_size: int | None = None, num_images: int | None = None
+) -> dict:
     """The fake download of `name` in `out`. coco only: `image_size`, photo-like JPEGs of that shorter
     side and nothing broken; `num_images`, images in the train folder (the val folder gets N/20)."""
     os.makedirs(out, exist_ok=True)
@@ -236,24 +280,37 @@ def make(name: str, out: str, seed: int = 0, image_size: int | None = None,
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bridgegap_jax.prepare.fake", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bridgegap_jax.prepare.fake",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", choices=sorted(MAKERS))
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image_size", type=int, help="coco only: photo-like JPEGs with this shorter side (4:3), "
-                        "none missing or corrupt")
-    parser.add_argument("--num_images", type=int, help="coco only: images in train2014/ (prepare splits them 80/20 "
-                        "into train and validation); val2014/, the test split, gets N/20 (at least 14)")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        help="coco only: photo-like JPEGs with this shorter side (4:3), none missing or corrupt",
+    )
+    parser.add_argument(
+        "--num_images",
+        type=int,
+        help="coco only: images in train2014/ (prepare splits them 80/20 "
+        "into train and validation); val2014/, the test split, gets N/20 (at least 14)",
+    )
     args = parser.parse_args(argv)
     if args.name != "coco" and (args.image_size or args.num_images):
         parser.error("--image_size and --num_images apply to coco only")
     if (args.image_size or 32) < 32 or (args.num_images or 10) < 10:
         parser.error("--image_size must be >= 32 and --num_images >= 10")
     make(args.name, args.out, args.seed, args.image_size, args.num_images)
-    print(f"fake {args.name} download layout in {args.out}; prepare it with: python -m bridgegap_jax.prepare "
-          f"{args.name} --source={args.out}{' --images=' + os.path.join(args.out, 'Flickr') if args.name == 'nuswide' else ''} "
-          "--data_dir=<tfds data_dir>")
+    print(
+        f"fake {args.name} download layout in {args.out}; prepare it with: python -m bridgegap_jax.prepare "
+        f"{args.name} "
+        f"--source={args.out}{' --images=' + os.path.join(args.out, 'Flickr') if args.name == 'nuswide' else ''} "
+        "--data_dir=<tfds data_dir>"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,26 @@ import numpy as np
 PHASES = ("train", "val")
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 
@@ -56,7 +74,9 @@ def _find(source: str, candidates: list[str], what: str) -> str:
 
 
 def read_voc(source: str) -> Formatted:
-    root = _find(source, ["VOCdevkit/VOC2012", "VOC2012", "."], "VOCdevkit/VOC2012 from VOCtrainval_11-May-2012.tar")
+    root = _find(
+        source, ["VOCdevkit/VOC2012", "VOC2012", "."], "VOCdevkit/VOC2012 from VOCtrainval_11-May-2012.tar"
+    )
     lists = _need(os.path.join(root, "ImageSets", "Main"), "ImageSets/Main/<class>_{train,val}.txt")
     images, labels = {}, {}
     for phase in PHASES:
@@ -78,8 +98,10 @@ def read_voc(source: str) -> Formatted:
 def read_coco(source: str) -> Formatted:
     images, labels, class_names = {}, {}, None
     for phase in PHASES:
-        path = _need(os.path.join(source, "annotations", f"instances_{phase}2014.json"),
-                     "annotations/ from annotations_trainval2014.zip")
+        path = _need(
+            os.path.join(source, "annotations", f"instances_{phase}2014.json"),
+            "annotations/ from annotations_trainval2014.zip",
+        )
         with open(path) as f:
             data = json.load(f)
         categories = sorted(data["categories"], key=lambda c: c["id"])
@@ -99,7 +121,9 @@ def read_coco(source: str) -> Formatted:
 
 
 def read_cub(source: str) -> Formatted:
-    root = _find(source, ["CUB_200_2011/CUB_200_2011", "CUB_200_2011", "."], "CUB_200_2011/ from CUB_200_2011.tgz")
+    root = _find(
+        source, ["CUB_200_2011/CUB_200_2011", "CUB_200_2011", "."], "CUB_200_2011/ from CUB_200_2011.tgz"
+    )
     _need(os.path.join(root, "images.txt"), "images.txt")
     with open(os.path.join(root, "images.txt")) as f:
         files = {int(i): name for i, name in (line.split() for line in f if line.strip())}
@@ -111,7 +135,10 @@ def read_cub(source: str) -> Formatted:
     num_attributes = 312
     present = np.full((len(ids), num_attributes), -1, np.int8)
     row = {i: r for r, i in enumerate(ids)}
-    path = _need(os.path.join(root, "attributes", "image_attribute_labels.txt"), "attributes/image_attribute_labels.txt")
+    path = _need(
+        os.path.join(root, "attributes", "image_attribute_labels.txt"),
+        "attributes/image_attribute_labels.txt",
+    )
     with open(path) as f:
         for line in f:
             # image_id attribute_id is_present certainty_id time; a few lines of the official file
@@ -138,15 +165,21 @@ def read_cub(source: str) -> Formatted:
     )
 
 
-def read_formatted(source: str, image_root: str, num_classes: int, class_names: list | None = None) -> Formatted:
+def read_formatted(
+    source: str, image_root: str, num_classes: int, class_names: list | None = None
+) -> Formatted:
     """An existing formatted folder as is: formatted_{train,val}_{images,labels}[_obs].npy."""
     images, labels, observed = {}, {}, {}
     for phase in PHASES:
-        images[phase] = np.load(_need(os.path.join(source, f"formatted_{phase}_images.npy"), "a formatted-npy file"))
+        images[phase] = np.load(
+            _need(os.path.join(source, f"formatted_{phase}_images.npy"), "a formatted-npy file")
+        )
         lab = np.load(_need(os.path.join(source, f"formatted_{phase}_labels.npy"), "a formatted-npy file"))
         if lab.shape != (len(images[phase]), num_classes) or not np.isin(lab, (0, 1)).all():
-            raise ValueError(f"{source}/formatted_{phase}_labels.npy: expected (N={len(images[phase])}, {num_classes}) "
-                             f"in {{0, 1}}, got {lab.shape} with values {np.unique(lab)[:5]}")
+            raise ValueError(
+                f"{source}/formatted_{phase}_labels.npy: expected (N={len(images[phase])}, {num_classes}) "
+                f"in {{0, 1}}, got {lab.shape} with values {np.unique(lab)[:5]}"
+            )
         labels[phase] = lab.astype(np.int8)
         obs_path = os.path.join(source, f"formatted_{phase}_labels_obs.npy")
         if os.path.exists(obs_path):

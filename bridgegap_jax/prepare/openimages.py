@@ -73,7 +73,9 @@ class SparseLabels:
 
 def read_split(path: str, mids: list[str]) -> SparseLabels:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: unpack annotations_human_2017_11.tar.gz into the --source folder")
+        raise FileNotFoundError(
+            f"{path} not found: unpack annotations_human_2017_11.tar.gz into the --source folder"
+        )
     column = {m: i for i, m in enumerate(mids)}
     row_of: dict[str, int] = {}
     rows, cols, vals = array("i"), array("i"), array("b")
@@ -85,7 +87,11 @@ def read_split(path: str, mids: list[str]) -> SparseLabels:
             raise ValueError(f"{path} is empty")
         names = [h.strip() for h in header]
         if "ImageID" in names:
-            i_img, i_label, i_conf = names.index("ImageID"), names.index("LabelName"), names.index("Confidence")
+            i_img, i_label, i_conf = (
+                names.index("ImageID"),
+                names.index("LabelName"),
+                names.index("Confidence"),
+            )
             pending = []
         else:  # no header line
             i_img, i_label, i_conf = 0, 2, 3
@@ -122,7 +128,9 @@ def image_path(source: str, split: str, image_id: str) -> str:
     return os.path.join(source, "images", split, f"{image_id}.jpg")
 
 
-def frequency_table(path: str, mids: list[str], names: list[str], counts: np.ndarray, csv_counts: np.ndarray) -> None:
+def frequency_table(
+    path: str, mids: list[str], names: list[str], counts: np.ndarray, csv_counts: np.ndarray
+) -> None:
     """class_frequency.tsv: verified positive training labels per class; `positives` counts the
     prepared (readable) training images and defines the groups, `positives_in_csv` all CSV rows."""
     with open(path, "w") as f:

@@ -39,14 +39,18 @@ def splits(formatted) -> dict[str, dict[str, np.ndarray]]:
     A stored formatted_*_labels_obs.npy is used as is; otherwise the observation is generated.
     """
     observed = {
-        phase: formatted.labels_obs[phase] if phase in formatted.labels_obs
+        phase: formatted.labels_obs[phase]
+        if phase in formatted.labels_obs
         else observe_single_positive(formatted.labels[phase], num_pos=1, num_neg=0, seed=SEED)
         for phase in ("train", "val")
     }
     train_rows, val_rows = train_val_rows(len(formatted.images["train"]))
     out = {}
-    for split, phase, rows in (("train", "train", train_rows), ("validation", "train", val_rows),
-                               ("test", "val", np.arange(len(formatted.images["val"])))):
+    for split, phase, rows in (
+        ("train", "train", train_rows),
+        ("validation", "train", val_rows),
+        ("test", "val", np.arange(len(formatted.images["val"]))),
+    ):
         out[split] = {
             "images": formatted.images[phase][rows],
             "labels": formatted.labels[phase][rows],

@@ -36,13 +36,15 @@ def features(num_classes: int, compress_labels: bool, image_format: str = "jpeg"
     # Raw int8 bytes: tf.train.Example would otherwise upcast to int64 varints (-1 takes 10 bytes).
     # zlib for OpenImages: 5,000 labels per image, nearly all -1, shrink ~50x.
     encoding = "zlib" if compress_labels else "bytes"
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
-        "labels": tfds.features.Tensor(shape=(num_classes,), dtype=np.int8, encoding=encoding),
-        "labels_obs": tfds.features.Tensor(shape=(num_classes,), dtype=np.int8, encoding=encoding),
-        "index": tfds.features.Scalar(dtype=np.int64),
-        "image_id": tfds.features.Text(),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format=image_format),
+            "labels": tfds.features.Tensor(shape=(num_classes,), dtype=np.int8, encoding=encoding),
+            "labels_obs": tfds.features.Tensor(shape=(num_classes,), dtype=np.int8, encoding=encoding),
+            "index": tfds.features.Scalar(dtype=np.int64),
+            "image_id": tfds.features.Text(),
+        }
+    )
 
 
 class PrepareError(UserError, ValueError):
@@ -85,9 +87,18 @@ def _results(paths, max_short_side, workers):
         yield from pool.imap(image_files.process_task, _tasks(paths, max_short_side), chunksize=8)
 
 
-def write_split(out_dir: str, tfds_name: str, split: str, source: SplitSource, feats, *,
-                max_short_side: int | None, workers: int, shard_bytes: int = SHARD_BYTES,
-                log: Callable[[str], None] = print) -> SplitResult:
+def write_split(
+    out_dir: str,
+    tfds_name: str,
+    split: str,
+    source: SplitSource,
+    feats,
+    *,
+    max_short_side: int | None,
+    workers: int,
+    shard_bytes: int = SHARD_BYTES,
+    log: Callable[[str], None] = print,
+) -> SplitResult:
     from array_record.python.array_record_module import ArrayRecordWriter
     from tensorflow_datasets.core import example_serializer
 
@@ -105,8 +116,13 @@ def write_split(out_dir: str, tfds_name: str, split: str, source: SplitSource, f
             missing.append((source.image_ids[row], status, payload))
             continue
         labels, labels_obs = source.labels(row)
-        example = {"image": payload, "labels": labels, "labels_obs": labels_obs,
-                   "index": len(kept), "image_id": source.image_ids[row]}
+        example = {
+            "image": payload,
+            "labels": labels,
+            "labels_obs": labels_obs,
+            "index": len(kept),
+            "image_id": source.image_ids[row],
+        }
         data = serializer.serialize_example(feats.encode_example(example))
         if writer is None or shard_size >= shard_bytes:
             if writer is not None:
@@ -128,13 +144,21 @@ def write_split(out_dir: str, tfds_name: str, split: str, source: SplitSource, f
     manifest = os.path.join(out_dir, MANIFEST.format(split=split))
     write_manifest(manifest, missing)
     if not lengths:
-        raise PrepareError(f"split {split!r}: none of its {total} images could be read; {manifest} lists each one "
-                           "with the reason (check --source / --images)")
+        raise PrepareError(
+            f"split {split!r}: none of its {total} images could be read; {manifest} lists each one "
+            "with the reason (check --source / --images)"
+        )
     for i in range(len(lengths)):  # final names now that the shard count is known
-        os.replace(shard_path(i), os.path.join(out_dir, f"{tfds_name}-{split}.array_record-{i:05d}-of-{len(lengths):05d}"))
+        os.replace(
+            shard_path(i),
+            os.path.join(out_dir, f"{tfds_name}-{split}.array_record-{i:05d}-of-{len(lengths):05d}"),
+        )
     elapsed = time.time() - start
-    log(f"  {split}: wrote {len(kept)} of {total} images in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.0f} images/s); "
-        f"{sum(m[1] == 'missing' for m in missing)} missing, {sum(m[1] == 'unreadable' for m in missing)} unreadable")
+    log(
+        f"  {split}: wrote {len(kept)} of {total} images in "
+        f"{elapsed:.1f} s ({total / max(elapsed, 1e-9):.0f} images/s); "
+        f"{sum(m[1] == 'missing' for m in missing)} missing, {sum(m[1] == 'unreadable' for m in missing)} unreadable"
+    )
     return SplitResult(np.asarray(kept, np.int64), missing, lengths, sum(shard_sizes))
 
 
@@ -156,11 +180,22 @@ def dataset_dir(data_dir: str, tfds_name: str) -> str:
     return os.path.join(os.path.expanduser(data_dir), tfds_name, VERSION)
 
 
-def write_dataset(data_dir: str, tfds_name: str, splits: dict[str, SplitSource], *, num_classes: int,
-                  compress_labels: bool, description: str, max_short_side: int | None, workers: int,
-                  overwrite: bool, shard_bytes: int = SHARD_BYTES, image_format: str = "jpeg",
-                  finish: Callable[[str, dict], None] | None = None,
-                  quiet: bool = False) -> tuple[str, dict[str, SplitResult]]:
+def write_dataset(
+    data_dir: str,
+    tfds_name: str,
+    splits: dict[str, SplitSource],
+    *,
+    num_classes: int,
+    compress_labels: bool,
+    description: str,
+    max_short_side: int | None,
+    workers: int,
+    overwrite: bool,
+    shard_bytes: int = SHARD_BYTES,
+    image_format: str = "jpeg",
+    finish: Callable[[str, dict], None] | None = None,
+    quiet: bool = False,
+) -> tuple[str, dict[str, SplitResult]]:
     """Writes every split into <data_dir>/<tfds_name>/1.0.0 (built in a temporary folder, renamed
     at the end, so an interrupted build never looks prepared, and an existing dataset is replaced
     only once its successor is complete). `finish(folder, results)` writes the extra files (class
@@ -179,12 +214,29 @@ def write_dataset(data_dir: str, tfds_name: str, splits: dict[str, SplitSource],
     log = (lambda line: None) if quiet else (lambda line: print(line, flush=True))
     for split, source in splits.items():
         log(f"{tfds_name} {split}: {len(source.paths)} images")
-        results[split] = write_split(tmp, tfds_name, split, source, feats, max_short_side=max_short_side,
-                                     workers=workers, shard_bytes=shard_bytes, log=log)
-    split_infos = [tfds.core.SplitInfo(name=s, shard_lengths=r.shard_lengths, num_bytes=r.num_bytes)
-                   for s, r in results.items()]
-    tfds.folder_dataset.write_metadata(data_dir=tmp, features=feats, split_infos=split_infos, version=VERSION,
-                                       check_data=False, description=description)
+        results[split] = write_split(
+            tmp,
+            tfds_name,
+            split,
+            source,
+            feats,
+            max_short_side=max_short_side,
+            workers=workers,
+            shard_bytes=shard_bytes,
+            log=log,
+        )
+    split_infos = [
+        tfds.core.SplitInfo(name=s, shard_lengths=r.shard_lengths, num_bytes=r.num_bytes)
+        for s, r in results.items()
+    ]
+    tfds.folder_dataset.write_metadata(
+        data_dir=tmp,
+        features=feats,
+        split_infos=split_infos,
+        version=VERSION,
+        check_data=False,
+        description=description,
+    )
     if finish is not None:
         finish(tmp, results)
     os.makedirs(os.path.dirname(final), exist_ok=True)

@@ -32,7 +32,9 @@ def get(name: str) -> type[Scheme]:
     return REGISTRY[name]
 
 
-def create(name: str, delta_rel: float | None = None, unobserved_value: int = 0, group_size: int = 0) -> Scheme:
+def create(
+    name: str, delta_rel: float | None = None, unobserved_value: int = 0, group_size: int = 0
+) -> Scheme:
     return get(name)(delta_rel, unobserved_value, group_size)
 
 

@@ -49,7 +49,8 @@ class Scheme:
     default_delta_rel: ClassVar[float] = 0.0
 
     def __init__(self, delta_rel: float | None = None, unobserved_value: int = 0, group_size: int = 0):
-        """`group_size` G > 0 ranks the losses of each group of G rows on its own (docs/method.md, "Large batches")."""
+        """`group_size` G > 0 ranks the losses of each group of G rows on its own (docs/method.md,
+        "Large batches")."""
         self.delta_rel = self.default_delta_rel if delta_rel is None else float(delta_rel)
         self.unobserved_value = unobserved_value
         self.group_size = group_size

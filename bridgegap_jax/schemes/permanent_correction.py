@@ -64,8 +64,9 @@ class CorrectionState(HostState):
         return {"corrections": self.corrections.bits}
 
     def restore(self, tree):
-        self.corrections = LabelCorrections(len(self.corrections.bits), self.corrections.num_classes,
-                                            tree["corrections"])
+        self.corrections = LabelCorrections(
+            len(self.corrections.bits), self.corrections.num_classes, tree["corrections"]
+        )
 
     def describe(self):
         return f"{self.corrections.count()} corrected labels so far"

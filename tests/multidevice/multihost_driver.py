@@ -9,7 +9,9 @@ seconds; with CRASH_AFTER > 0 the run raises after that many training batches, a
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
+sys.path.insert(
+    0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)  # the repo root
 
 
 class Crash(Exception):
@@ -19,7 +21,9 @@ class Crash(Exception):
 def shorten(input_pipeline, steps_per_epoch: int) -> object:
     """Patches `input_pipeline` in place; returns the original function (to undo it)."""
     original = input_pipeline.steps_per_epoch
-    input_pipeline.steps_per_epoch = lambda num_examples, options: min(original(num_examples, options), steps_per_epoch)
+    input_pipeline.steps_per_epoch = lambda num_examples, options: min(
+        original(num_examples, options), steps_per_epoch
+    )
     return original
 
 

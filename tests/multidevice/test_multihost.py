@@ -27,14 +27,20 @@ from bridgegap_jax.checkpoint import RunCheckpoints
 from multihost_driver import shorten
 
 
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DRIVER = os.path.join(HERE, "multihost_driver.py")
 STEPS_PER_EPOCH = 6
 OVERRIDES = {  # on top of configs/demo.py; the same for the 2-process and the 1-process run
-    "data.image_size": 32, "model.width": 8, "train.num_epochs": 2, "train.batch_size": 16, "train.log_every_steps": 1000,
-    "train.checkpoint_every_steps": 4, "loss.scheme": "LL-Cp", "loss.delta_rel": 0.02, "data.workers": 0,
+    "data.image_size": 32,
+    "model.width": 8,
+    "train.num_epochs": 2,
+    "train.batch_size": 16,
+    "train.log_every_steps": 1000,
+    "train.checkpoint_every_steps": 4,
+    "loss.scheme": "LL-Cp",
+    "loss.delta_rel": 0.02,
+    "data.workers": 0,
 }
 
 
@@ -47,19 +53,31 @@ def free_port() -> int:
 def start_two_processes(workdir, data_dir, crash_after: int):
     """Start both processes of one run; finish() waits for them: (return codes, outputs)."""
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
     )  # the session's compilation cache (conftest): the restarted run reuses the crashed run's programs
     flags = [
-        "--config=configs/demo.py", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+        "--config=configs/demo.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
         *[f"--config.{key}={value}" for key, value in OVERRIDES.items()],
-        "--distributed", f"--coordinator_address=localhost:{free_port()}", "--num_processes=2",
+        "--distributed",
+        f"--coordinator_address=localhost:{free_port()}",
+        "--num_processes=2",
         "--workdir_is_shared",  # both processes are on this machine: the local workdir is shared
     ]
     logs = [os.path.join(workdir + f".process{i}.log") for i in range(2)]
     procs = []
     for i in range(2):
         with open(logs[i], "w") as out:  # files, not pipes: a full pipe would stall a collective
-            command = [sys.executable, DRIVER, str(STEPS_PER_EPOCH), str(crash_after), *flags, f"--process_id={i}"]
+            command = [
+                sys.executable,
+                DRIVER,
+                str(STEPS_PER_EPOCH),
+                str(crash_after),
+                *flags,
+                f"--process_id={i}",
+            ]
             procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
 
     def finish():
@@ -87,7 +105,10 @@ def relative_error(a, b) -> float:
 def latest_state(workdir, model, tx, mesh):
     """The train state and corrections of the latest checkpoint, restored onto `mesh`."""
     checkpoints = RunCheckpoints(rundir.RunDir(workdir).checkpoints)
-    target = {"train": steps.abstract_state(model, tx, 32, mesh), "host": {"corrections": np.zeros((1600, 2), np.uint8)}}
+    target = {
+        "train": steps.abstract_state(model, tx, 32, mesh),
+        "host": {"corrections": np.zeros((1600, 2), np.uint8)},
+    }
     restored, _ = checkpoints.restore_latest(target)
     checkpoints.close()
     return jax.device_get(restored["train"]), np.asarray(restored["host"]["corrections"])
@@ -135,7 +156,13 @@ def test_two_processes_crash_resume_and_match_one_process(tiny_config, demo_data
     np.testing.assert_array_equal(corrections_a, corrections_b)
     with open(os.path.join(split, rundir.METRICS_FILE)) as f:
         kinds = [json.loads(line)["kind"] for line in f]
-    assert kinds == ["train", "validation", "train", "validation", "test"]  # one writer; the crash repeated nothing
+    assert kinds == [
+        "train",
+        "validation",
+        "train",
+        "validation",
+        "test",
+    ]  # one writer; the crash repeated nothing
 
     # The 2-process run's best model evaluated here on one process and one device: same mAP, count.
     checkpoints = RunCheckpoints(rundir.RunDir(split).checkpoints)
@@ -144,7 +171,13 @@ def test_two_processes_crash_resume_and_match_one_process(tiny_config, demo_data
     from bridgegap_jax.datasets import catalog
 
     dataset = catalog.open_dataset("demo", demo_data_dir)
-    test = evaluation.evaluate_split(steps.jit_eval_step(model, mesh_1), best, dataset, "test",
-                                     configuration.pipeline_options(tiny_config, 1), mesh_1)
+    test = evaluation.evaluate_split(
+        steps.jit_eval_step(model, mesh_1),
+        best,
+        dataset,
+        "test",
+        configuration.pipeline_options(tiny_config, 1),
+        mesh_1,
+    )
     assert test["num_examples"] == 480
     np.testing.assert_allclose(test["map"], result["test_map"], atol=0.1)

@@ -1,6 +1,6 @@
 """Data parallelism over 8 virtual CPU devices equals one device: a training step, evaluation,
-and checkpoints restored onto another device count. Collected only in the 8-device child (tests/test_multidevice.py)."""
-
+and checkpoints restored onto another device count. Collected only in the 8-device child
+(tests/test_multidevice.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +11,11 @@ from bridgegap_jax import configuration, evaluation, input_pipeline, metrics, sc
 from bridgegap_jax.checkpoint import RunCheckpoints
 
 
-
 def relative_error(a, b) -> float:
     """||a - b|| / ||a||, the largest over the leaves of two trees."""
-    errors = jax.tree.map(lambda x, y: np.linalg.norm(np.float64(x) - y) / max(np.linalg.norm(np.float64(x)), 1e-30), a, b)
+    errors = jax.tree.map(
+        lambda x, y: np.linalg.norm(np.float64(x) - y) / max(np.linalg.norm(np.float64(x)), 1e-30), a, b
+    )
     return max(jax.tree.leaves(errors))
 
 
@@ -62,7 +63,9 @@ def test_a_step_on_8_devices_equals_one_device(tiny_config, host_state):
         mesh = sharding.make_mesh(devices)
         state = place(host_state, mesh)
         step = steps.jit_train_step(model, tx, scheme.loss, mesh)
-        state, metrics, selected = step(state, sharding.to_global(mesh, images), sharding.to_global(mesh, observed), k)
+        state, metrics, selected = step(
+            state, sharding.to_global(mesh, images), sharding.to_global(mesh, observed), k
+        )
         assert len(state.params["head"]["kernel"].sharding.device_set) == len(devices)
         results.append(jax.device_get((state.params, state.batch_stats, metrics["loss"], selected)))
     (params_1, stats_1, loss_1, selected_1), (params_8, stats_8, loss_8, selected_8) = results
@@ -87,7 +90,9 @@ def test_evaluation_on_8_devices_counts_every_example_once(tiny_config, demo_dat
         model_vars = place(host_state, mesh).model_vars()
         eval_fn = steps.jit_eval_step(model, mesh)
         options = configuration.pipeline_options(tiny_config, mesh.size)
-        reader = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, "test", options), options)
+        reader = input_pipeline.BatchReader(
+            dataset, input_pipeline.eval_plan(dataset, "test", options), options
+        )
         batches = (reader(i) for i in range(len(reader)))
         p, labels, _ = evaluation.predict(eval_fn, model_vars, batches, mesh, dataset.split_sizes["test"])
         np.testing.assert_array_equal(labels, truth)  # every example once, in stored order
@@ -113,7 +118,10 @@ def test_a_checkpoint_resumes_on_another_device_count(tiny_config, tmp_path, hos
         checkpoints.close()
 
         mesh = sharding.make_mesh(restore_on)
-        target = {"train": steps.abstract_state(model, tx, 32, mesh), "host": {"corrections": np.zeros_like(bits)}}
+        target = {
+            "train": steps.abstract_state(model, tx, 32, mesh),
+            "host": {"corrections": np.zeros_like(bits)},
+        }
         checkpoints = RunCheckpoints(workdir)
         restored, progress = checkpoints.restore_latest(target)
         checkpoints.close()
@@ -142,8 +150,9 @@ def test_ghost_batch_norm_at_64_on_8_devices_equals_four_batches_of_16():
     (logits, cam), updated = train_forward(ghost)(place(variables, mesh), sharding.to_global(mesh, images))
     expected, stats = [], variables["batch_stats"]
     for start in range(0, 64, 16):
-        (part, _), new = train_forward(plain)({"params": variables["params"], "batch_stats": stats},
-                                              images[start:start + 16])
+        (part, _), new = train_forward(plain)(
+            {"params": variables["params"], "batch_stats": stats}, images[start : start + 16]
+        )
         expected.append(part)
         stats = new["batch_stats"]
     # ||a - b|| / ||a||: float32 rounding through 18 layers of batch statistics over 16 rows is ~1e-5
