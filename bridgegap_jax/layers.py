@@ -10,8 +10,8 @@ converted ImageNet weights load either way.
   (rounded to bf16 once, not after each), and in training a backward written out as two passes:
   one two-output reduction over (dy, x) with the ReLU mask applied, then one elementwise pass that
   gives both dx and the residual's gradient. Autodiff of the three ops leaves XLA to find that.
-- `GroupBatchNorm`: statistics over groups of G rows of the batch ("ghost" BatchNorm), for large
-  batches that should normalise as the protocol's batches of 16 do (model field `bn_group_size`).
+- `BatchNorm(group_size=G)`: statistics over groups of G rows of the batch ("ghost" BatchNorm), for
+  large batches that should normalise as the protocol's batches of 16 do (model field `bn_group_size`).
 - `max_pool_3x3_s2`: the stem's max-pool as the maximum of 9 strided slices; its backward is
   elementwise selects and pads instead of select-and-scatter, with the same first-maximum rule.
 - `space_to_depth_conv`: the 7x7 stride-2 stem conv on 3 channels as a 4x4 stride-1 conv on
@@ -44,7 +44,7 @@ def _accumulation(dtype):
 def batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-channel mean and biased variance, at least in float32, in one pass over x (as nn.BatchNorm).
 
-    (`group_moments` gives the same per group of rows, for GroupBatchNorm.)
+    (`group_moments` gives the same per group of rows, for the ghost BatchNorm.)
     """
     x = x.astype(_accumulation(x.dtype))
     mean = jnp.mean(x, REDUCTION_AXES)
@@ -96,36 +96,6 @@ def _batch_norm_train_bwd(epsilon, relu, saved, cotangents):
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
-class BatchNorm(nn.Module):
-    """nn.BatchNorm (feature axis last) with an optional residual add and ReLU fused in.
-
-    Same variables as nn.BatchNorm: params `scale`, `bias`; batch_stats `mean`, `var` (float32),
-    updated as `momentum * old + (1 - momentum) * batch` with the biased batch variance, not
-    during init.
-    """
-
-    use_running_average: bool
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, residual=None, relu: bool = False):
-        features = (x.shape[-1],)
-        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features)
-        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
-        scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
-        if self.use_running_average:
-            mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
-            return _affine(x, ra_mean.value, mul, bias, residual, relu, self.dtype)
-        y, mean, var = batch_norm_train(x, scale, bias, residual, self.epsilon, relu)
-        if not self.is_initializing():
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(mean)
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var)
-        return y.astype(self.dtype)
-
-
 # ----------------------------------------------------------------------------------------------
 # Ghost BatchNorm: statistics over groups of rows (large batches)
 # ----------------------------------------------------------------------------------------------
@@ -145,20 +115,22 @@ def group_moments(x: jax.Array, group_size: int) -> tuple[jax.Array, jax.Array]:
     return mean, jnp.maximum(0.0, jnp.sum(lax.square(xf), axes) / counts - lax.square(mean))
 
 
-class GroupBatchNorm(nn.Module):
-    """BatchNorm whose training statistics come from each group of `group_size` rows alone ("ghost"
-    BatchNorm): at any batch, groups of 16 normalise exactly as the protocol's batches of 16 do.
+class BatchNorm(nn.Module):
+    """nn.BatchNorm (feature axis last) with an optional residual add and ReLU fused in.
 
-    Same variables and eval mode as nn.BatchNorm; the running averages take one update per group,
-    in order, as that many batches of `group_size` would. With the residual add and ReLU of
-    `BatchNorm` above; plain autodiff (statistics are not a bottleneck at the batches this is for).
+    Same variables as nn.BatchNorm: params `scale`, `bias`; batch_stats `mean`, `var` (float32),
+    updated as `momentum * old + (1 - momentum) * batch` with the biased batch variance, not
+    during init. `group_size` G > 0 takes the training statistics over each group of G rows alone
+    ("ghost" BatchNorm: groups of 16 normalise exactly as the protocol's batches of 16 at any
+    batch), with one running-average update per group, in order, as that many batches of G would;
+    that path uses plain autodiff (statistics are not a bottleneck at the batches it is for).
     """
 
     use_running_average: bool
-    group_size: int
     momentum: float = 0.9
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    group_size: int = 0
 
     @nn.compact
     def __call__(self, x, residual=None, relu: bool = False):
@@ -170,21 +142,27 @@ class GroupBatchNorm(nn.Module):
         if self.use_running_average:
             mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
             return _affine(x, ra_mean.value, mul, bias, residual, relu, self.dtype)
-        mean, var = group_moments(x, self.group_size)
-        size = min(self.group_size, x.shape[0])
-        per_row = (x.shape[0],) + (1,) * (x.ndim - 2) + features
-        row_mean = jnp.repeat(mean, size, axis=0)[: x.shape[0]].reshape(per_row)
-        row_mul = jnp.repeat(lax.rsqrt(var + self.epsilon) * scale, size, axis=0)[: x.shape[0]].reshape(
-            per_row
-        )
-        y = _affine(x, row_mean, row_mul, bias, residual, relu, self.dtype)
+        if self.group_size > 0:
+            mean, var = group_moments(x, self.group_size)
+            size = min(self.group_size, x.shape[0])
+            per_row = (x.shape[0],) + (1,) * (x.ndim - 2) + features
+
+            def rows(stat):  # (groups, C) -> each row's group's value, broadcastable against x
+                return jnp.repeat(stat, size, axis=0)[: x.shape[0]].reshape(per_row)
+
+            y = _affine(
+                x, rows(mean), rows(lax.rsqrt(var + self.epsilon) * scale), bias, residual, relu, self.dtype
+            )
+        else:
+            y, mean, var = batch_norm_train(x, scale, bias, residual, self.epsilon, relu)
+            mean, var = mean[None], var[None]
         if not self.is_initializing():
             for g in range(mean.shape[0]):  # static: one update per group, in batch order
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * lax.stop_gradient(
                     mean[g]
                 )
                 ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * lax.stop_gradient(var[g])
-        return y
+        return y.astype(self.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

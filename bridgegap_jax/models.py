@@ -89,14 +89,9 @@ def norm_act(
 ):
     """relu(residual + bn(y)), the residual and the ReLU optional; `kind` is one of BATCH_NORMS:
     "fused" is one op with its own backward, "flax" is nn.BatchNorm, add and nn.relu. `group_size`
-    G > 0 takes the training statistics over each group of G rows (layers.GroupBatchNorm)."""
-    if group_size > 0:
-        norm = layers.GroupBatchNorm(
-            not train, group_size, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
-        )
-        return norm(y, residual, relu)
-    if kind == "fused":
-        norm = layers.BatchNorm(not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+    G > 0 takes the training statistics over each group of G rows (layers.BatchNorm)."""
+    if kind == "fused" or group_size > 0:
+        norm = layers.BatchNorm(not train, 0.9, 1e-5, dtype, group_size, name=name)
         return norm(y, residual, relu)
     y = batch_norm(train, name, dtype)(y)
     if residual is not None:
@@ -176,7 +171,7 @@ class ResNetTrunk(nn.Module):
     batch_norm: str = "flax"  # BATCH_NORMS
     max_pool: str = "reduce_window"  # MAX_POOLS
     stem: str = "conv"  # STEMS
-    bn_group_size: int = 0  # > 0: BatchNorm statistics over groups of this many rows (layers.GroupBatchNorm)
+    bn_group_size: int = 0  # > 0: BatchNorm statistics over groups of this many rows (layers.BatchNorm)
 
     @nn.compact
     def __call__(self, x, train: bool):
