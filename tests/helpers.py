@@ -54,21 +54,27 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_after(monkeypatch, num_batches):
-    """Make an in-process run raise when it asks for training batch `num_batches` + 1, as a crash would."""
-    from bridgegap_jax import sharding
-
-    original = sharding.prefetch_to_device
+def failing_prefetch(original, num_batches: int, error):
+    """`original` (sharding.prefetch_to_device) that raises `error()` when the trainer asks for training
+    batch `num_batches` + 1, as a crash after that many steps would."""
     seen = {"n": 0}
 
     def prefetch(batches, *args, **kwargs):
         for item in original(batches, *args, **kwargs):
             if "batch_index" in item[0]:  # a training batch
                 if seen["n"] == num_batches:
-                    raise Interrupted
+                    raise error()
                 seen["n"] += 1
             yield item
 
+    return prefetch
+
+
+def interrupt_after(monkeypatch, num_batches):
+    """Make an in-process run raise Interrupted after `num_batches` training steps."""
+    from bridgegap_jax import sharding
+
+    prefetch = failing_prefetch(sharding.prefetch_to_device, num_batches, Interrupted)
     monkeypatch.setattr(sharding, "prefetch_to_device", prefetch)
 
 

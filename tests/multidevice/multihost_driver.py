@@ -9,9 +9,8 @@ seconds; with CRASH_AFTER > 0 the run raises after that many training batches, a
 import os
 import sys
 
-sys.path.insert(
-    0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-)  # the repo root
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.dirname(TESTS), TESTS]  # the repo root, and tests/ for helpers
 
 
 class Crash(Exception):
@@ -29,18 +28,10 @@ def shorten(input_pipeline, steps_per_epoch: int) -> object:
 
 def crash_after(sharding, num_batches: int) -> None:
     """Raise Crash when the trainer asks for training batch `num_batches` + 1 (after that many steps)."""
-    original = sharding.prefetch_to_device
-    seen = {"n": 0}
+    from helpers import failing_prefetch
 
-    def prefetch(batches, *args, **kwargs):
-        for item in original(batches, *args, **kwargs):
-            if "batch_index" in item[0]:  # a training batch
-                if seen["n"] == num_batches:
-                    raise Crash(f"crash after {num_batches} batches")
-                seen["n"] += 1
-            yield item
-
-    sharding.prefetch_to_device = prefetch
+    crash = lambda: Crash(f"crash after {num_batches} batches")  # noqa: E731
+    sharding.prefetch_to_device = failing_prefetch(sharding.prefetch_to_device, num_batches, crash)
 
 
 if __name__ == "__main__":
