@@ -207,13 +207,27 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _leave_interrupts_to_the_parent(worker_index: int, worker_count: int) -> None:
+def _init_worker(worker_index: int, worker_count: int) -> None:
     """Each grain worker ignores Ctrl-C, which a terminal sends to the whole process group: the
     training process handles it and closes the stream, which stops the workers and frees the shared
-    memory of their batches. Interrupted themselves, they would print tracebacks and leak it."""
+    memory of their batches. Interrupted themselves, they would print tracebacks and leak it.
+
+    A training process that is killed (kill -9, out of memory) cannot stop its workers, and they would
+    go on forever: each one exits when it sees that its parent is gone."""
+    import os
     import signal
+    import threading
+    import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def exit_with_the_parent():
+        while os.getppid() == parent:  # an orphan is adopted by init (or a subreaper)
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_the_parent, name="exit-with-the-parent", daemon=True).start()
 
 
 class Stream:
@@ -234,7 +248,7 @@ class Stream:
         if workers > 0:
             iterable = iterable.mp_prefetch(
                 grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer_per_worker),
-                worker_init_fn=_leave_interrupts_to_the_parent,
+                worker_init_fn=_init_worker,
             )
         self._iterator = iter(iterable)
 

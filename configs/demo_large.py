@@ -3,7 +3,7 @@
 The demo's input and ResNet-18 at half its width (8: a grid of 27 runs fits a few CPU hours); 8
 epochs, so batch 512 still takes 200 steps. The learning rate is the demo's for batch 16:
 large-batch recipes scale it (train.lr_scaling).
-`python scripts/batch_study.py` trains the grid of batches and recipes on it.
+`python scripts/study.py batch` trains the grid of batches and recipes on it.
 """
 
 from configs import demo

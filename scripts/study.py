@@ -3,6 +3,7 @@
     python scripts/study.py demo    # the demo's variants: AN, LL-R, AN + BoostLU, LL-R + BoostLU,
                                     # full labels, and LL-R + BoostLU in bfloat16 (configs/demo.py)
     python scripts/study.py batch   # large-batch recipes at global batch 16 / 128 / 512 (configs/demo_large.py)
+    python scripts/study.py batch --only b16,b512-groups16-32ep   # some entries of a grid
 
 Options: --runs DIR (default runs/study_<grid>), --seeds 0,1,2, --only NAME[,NAME] (grid entries),
 --list (print the runs and exit), and any --config.a.b=value, passed to every run (e.g. a
@@ -33,8 +34,10 @@ DEMO = {
 
 
 def batch_grid() -> dict:
-    """Batch 16 (the protocol) and four recipes at 128 and 512: the same lr; sqrt scaling and one epoch
-    of warm-up; that plus BatchNorm and large-loss ranking over groups of 16; linear scaling with both."""
+    """Batch 16 (the protocol) and four recipes at 128 and 512, all for the same 8 epochs: the same lr;
+    sqrt scaling and one epoch of warm-up; that plus BatchNorm and large-loss ranking over groups of
+    16; linear scaling with both. Then batch 512 at the same lr with warm-up and both groupings for 32
+    epochs: 800 steps, 8x fewer than batch 16's 6,400."""
     grid = {"b16": {"train.batch_size": 16}}
     groups = {"model.bn_group_size": 16, "loss.group_size": 16}
     for batch in (128, 512):
@@ -43,6 +46,12 @@ def batch_grid() -> dict:
         grid[f"b{batch}-sqrt"] = {**warm, "train.lr_scaling": "sqrt"}
         grid[f"b{batch}-sqrt-groups16"] = {**warm, "train.lr_scaling": "sqrt", **groups}
         grid[f"b{batch}-linear-groups16"] = {**warm, "train.lr_scaling": "linear", **groups}
+    grid["b512-groups16-32ep"] = {
+        "train.batch_size": 512,
+        "train.warmup_epochs": 1.0,
+        **groups,
+        "train.num_epochs": 32,
+    }
     return grid
 
 

@@ -98,3 +98,17 @@ def random_variables(model, image_size=32, seed=0):
         return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
 
     return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def latest_checkpoint(workdir: str) -> tuple[int, dict]:
+    """(step, saved state: {"train": TrainState fields, "host": ...}) of a run's latest checkpoint, read
+    with orbax alone (no model needed)."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints", "latest"), item_names=("state", "progress")
+    )
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return step, restored["state"]

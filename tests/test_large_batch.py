@@ -1,16 +1,16 @@
 """Large-batch options: grouped large-loss selection equals separate small batches, learning-rate
-scaling / warm-up / cosine decay, and a scheduled run that resumes exactly."""
+scaling / warm-up / cosine decay (tests/test_trainer.py resumes a run with all of them on), and the
+shipped configs, the pod recipe among them."""
 
+import importlib
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from helpers import Interrupted, interrupt_after
 
-from bridgegap_jax import losses, schemes, steps, trainer
+from bridgegap_jax import configuration, losses, schemes, steps
 
 
 def random_batch(rng, rows, classes):
@@ -76,34 +76,27 @@ def test_learning_rate_scaling_warm_up_and_decay():
         steps.lr_schedule(1e-4, scaling="cubic")
 
 
-def final_params(workdir):
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints", "latest"), item_names=("state", "progress")
-    )
-    restored = manager.restore(
-        manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
-    )
-    return restored["state"]["train"]
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
-def test_a_scheduled_grouped_run_resumes_exactly(tiny_config, tmp_path, monkeypatch):
-    """Warm-up, cosine decay, sqrt scaling and grouped selection at batch 64: interrupted mid-warm-up and
-    resumed, the run ends with the uninterrupted run's parameters and optimizer step count."""
-    c = tiny_config
-    c.train.batch_size, c.train.lr_scaling, c.train.warmup_epochs, c.train.lr_decay = (
-        64,
-        "sqrt",
-        0.5,
-        "cosine",
-    )
-    c.loss.group_size, c.loss.delta_rel, c.train.checkpoint_every_steps = 16, 0.05, 5
-    whole = trainer.train_and_evaluate(c, str(tmp_path / "whole"))
-    interrupt_after(monkeypatch, 7)  # epoch 1 step 7: in the warm-up; the latest checkpoint is step 5
-    with pytest.raises(Interrupted):
-        trainer.train_and_evaluate(c, str(tmp_path / "split"))
-    monkeypatch.undo()
-    resumed = trainer.train_and_evaluate(c, str(tmp_path / "split"))
-    assert resumed["test_map"] == whole["test_map"]
-    a, b = final_params(str(tmp_path / "whole")), final_params(str(tmp_path / "split"))
-    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
-    jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+@pytest.mark.parametrize(
+    "name", sorted(n[:-3] for n in os.listdir(CONFIGS) if n[0] != "_" and n.endswith(".py"))
+)
+def test_every_shipped_config_passes_the_checks(name):
+    configuration.check(importlib.import_module(f"configs.{name}").get_config())
+
+
+def test_the_pod_recipe_is_the_protocol_in_groups_of_16_in_8x_fewer_steps():
+    from configs import openimages, openimages_pod
+
+    protocol, pod = openimages.get_config(), openimages_pod.get_config()
+    assert pod.train.batch_size == 256 and pod.model.bn_group_size == pod.loss.group_size == 16
+    steps = pod.train.num_epochs / pod.train.batch_size
+    assert steps * 8 == protocol.train.num_epochs / protocol.train.batch_size
+    steps_per_epoch = 13_300
+    schedule = configuration.lr_schedule(pod, steps_per_epoch)
+    assert float(schedule(steps_per_epoch // 2)) == pytest.approx(
+        protocol.train.lr / 2
+    )  # halfway up the warm-up
+    assert float(schedule(steps_per_epoch)) == pytest.approx(protocol.train.lr)  # not scaled with the batch
+    assert float(configuration.lr_schedule(protocol, steps_per_epoch)(0)) == protocol.train.lr

@@ -198,3 +198,17 @@ def test_space_to_depth_conv_equals_the_strided_conv(size):
     got = layers.space_to_depth_conv(x, w, *args)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_running_average_in_closed_form_equals_one_update_per_group():
+    rng = np.random.default_rng(0)
+    old, stats = rng.normal(size=(5,)).astype(np.float32), rng.normal(size=(64, 5)).astype(np.float32)
+    looped = np.float64(old)
+    for row in stats:  # what 64 batches of 16 leave, in order
+        looped = 0.9 * looped + 0.1 * np.float64(row)
+    closed = layers.running_average(jnp.asarray(old), jnp.asarray(stats), 0.9)
+    np.testing.assert_allclose(np.asarray(closed), looped, rtol=1e-6, atol=1e-6)
+    # one group: the plain update
+    np.testing.assert_array_equal(
+        layers.running_average(jnp.asarray(old), jnp.asarray(stats[:1]), 0.9), 0.9 * old + 0.1 * stats[0]
+    )

@@ -129,9 +129,18 @@ def test_openimages_groups_get_columns(tmp_path, capsys):
 def test_seeds_groups_runs_that_differ_only_in_seed(tmp_path, capsys):
     runs = []
     for seed, test_map in enumerate([70.0, 71.0, 75.0]):
-        runs.append(
-            workdir(tmp_path / f"boost_{seed}", config(seed=seed), result(test_map, val_map=test_map + 1))
+        # images/s: the median of the logged windows after the first (which includes compilation)
+        pace = [
+            {"kind": "train", "step": 100 * (i + 1), "images_per_second": r}
+            for i, r in enumerate([5, 90 + seed, 100 + seed, 80])
+        ]
+        boost = workdir(
+            tmp_path / f"boost_{seed}",
+            config(seed=seed),
+            result(test_map, val_map=test_map + 1, wall_time_s=100.0 + 10 * seed),
+            records=pace,
         )
+        runs.append(boost)
     for seed, test_map in enumerate([60.0, 64.0]):
         an = config(seed=seed, **{"model.alpha": 1.0})
         runs.append(workdir(tmp_path / f"an_{seed}", an, result(test_map)))
@@ -144,7 +153,17 @@ def test_seeds_groups_runs_that_differ_only_in_seed(tmp_path, capsys):
     )
     assert report.main(["--seeds", *runs]) == 0
     header, rows, common = parse(capsys.readouterr().out)
-    assert header == ["model.alpha", "seeds", "n", "val mAP", "test mAP", "status"]
+    assert header == [
+        "model.alpha",
+        "seeds",
+        "n",
+        "val mAP",
+        "test mAP",
+        "steps",
+        "wall time",
+        "img/s",
+        "status",
+    ]
     # mean 72, sample std sqrt((4 + 1 + 9) / 2) = 2.65
     assert rows[0] == {
         "model.alpha": "5.0",
@@ -152,6 +171,9 @@ def test_seeds_groups_runs_that_differ_only_in_seed(tmp_path, capsys):
         "n": "3",
         "val mAP": "73.00 ± 2.65",
         "test mAP": "72.00 ± 2.65",
+        "steps": "400",
+        "wall time": "0:01:50",  # mean of 100, 110 and 120 s
+        "img/s": "91",  # mean of the runs' medians 90, 91, 92
         "status": "finished",
     }
     # Only finished runs count: the unfinished seed's 99.0 is left out, and named.

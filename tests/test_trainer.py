@@ -1,14 +1,12 @@
 """The training loop: one compiled step for every epoch, exact resume, the workdir's config rule."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from helpers import Interrupted, interrupt_after
+from helpers import Interrupted, interrupt_after, latest_checkpoint
 
 from bridgegap_jax import configuration, rundir, schemes, sharding, steps, trainer
 
@@ -36,25 +34,22 @@ def test_step_lowers_the_loss_and_new_epochs_do_not_recompile():
     assert step._cache_size() == 1  # one program for every epoch's k
 
 
-def final_state(workdir):
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints", "latest"), item_names=("state", "progress")
-    )
-    restored = manager.restore(
-        manager.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore())
-    )
-    return restored["state"]["train"]["params"], restored["state"]["host"].get("corrections")
-
-
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path, monkeypatch, capsys):
-    tiny_config.loss.scheme = "LL-Cp"
-    tiny_config.loss.delta_rel = 0.02  # a few corrections per batch, so their state is exercised
+    """LL-Cp with the large-batch options on (their state must resume too): sqrt lr scaling, a warm-up
+    the interruption falls in, cosine decay, ghost BatchNorm and grouped selection at batch 64."""
+    c = tiny_config
+    c.loss.scheme, c.loss.group_size, c.model.bn_group_size = "LL-Cp", 16, 16
+    c.loss.delta_rel = 0.02  # a few corrections per batch, so their state is exercised
+    c.train.lr_scaling, c.train.warmup_epochs, c.train.lr_decay = "sqrt", 1.6, "cosine"  # warm-up: 40 steps
     whole = trainer.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
 
-    interrupt_after(monkeypatch, 25 + 15)  # epoch 2, step 15; the latest checkpoint is at step 35
-    with pytest.raises(Interrupted):
-        trainer.train_and_evaluate(tiny_config, str(tmp_path / "split"))
-    monkeypatch.undo()
+    # Stopped twice: at epoch 1 step 13 (resumes from step 10), then at epoch 2 step 15 (step 40, in
+    # the warm-up; resumes from step 35).
+    for stop_after in (13, 30):
+        interrupt_after(monkeypatch, stop_after)
+        with pytest.raises(Interrupted):
+            trainer.train_and_evaluate(tiny_config, str(tmp_path / "split"))
+        monkeypatch.undo()
     resumed = trainer.train_and_evaluate(tiny_config, str(tmp_path / "split"))
     assert "resuming" in capsys.readouterr().out
 
@@ -67,11 +62,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path,
         "num_test_examples",
     ):
         assert resumed[key] == whole[key], key
-    params_a, corrections_a = final_state(str(tmp_path / "whole"))
-    params_b, corrections_b = final_state(str(tmp_path / "split"))
-    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
-    assert np.bitwise_count(np.asarray(corrections_a)).sum() > 0
-    np.testing.assert_array_equal(corrections_a, corrections_b)
+    (_, a), (_, b) = latest_checkpoint(str(tmp_path / "whole")), latest_checkpoint(str(tmp_path / "split"))
+    for part in ("params", "batch_stats", "opt_state"):  # the optimizer state holds the schedule's step
+        jax.tree.map(np.testing.assert_array_equal, a["train"][part], b["train"][part])
+    assert np.bitwise_count(np.asarray(a["host"]["corrections"])).sum() > 0
+    np.testing.assert_array_equal(a["host"]["corrections"], b["host"]["corrections"])
 
     # A finished run is reported, not retrained.
     capsys.readouterr()
@@ -80,10 +75,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path,
     for workdir in ("whole", "split"):  # one record per step and epoch, however often the run stopped
         with open(tmp_path / workdir / rundir.METRICS_FILE) as f:
             records = [json.loads(line) for line in f]
-        kinds = [r["kind"] for r in records]
-        assert kinds.count("validation") == 2 and kinds.count("test") == 1
-        train_steps = [r["step"] for r in records if r["kind"] == "train"]
-        assert train_steps == sorted(set(train_steps))
+        assert [r["epoch"] for r in records if r["kind"] == "validation"] == [1, 2]
+        assert sum(r["kind"] == "test" for r in records) == 1
+        assert [r["step"] for r in records if r["kind"] == "train"] == list(range(5, 51, 5))
 
 
 def test_a_workdir_refuses_another_config(tiny_config, tmp_path):
