@@ -2,12 +2,12 @@
 
 A batch of 16 cannot fill a pod (docs/method.md, "Large batches"). This is the recipe the README's
 batch study ("Training on a pod") supports: the protocol's learning rate, not scaled with the batch
-(sqrt and linear scaling stalled there), one epoch of linear warm-up, BatchNorm statistics and
-large-loss ranking within each group of 16 images (the protocol's normalisation and rejected or
-corrected fraction), and 8x fewer steps than the protocol rather than 16x: 40 epochs at batch 256
-instead of 20 at 16. On the study's demo, the same recipe at 32x the batch in 8x fewer steps came
-closest to batch 16. The study trained from scratch; this recipe fine-tunes, so check the first
-epochs' validation mAP against a batch-16 run if you can afford one.
+(at batch 512, sqrt and linear scaling stalled there), one epoch of linear warm-up, BatchNorm
+statistics and large-loss ranking within each group of 16 images (the protocol's normalisation and
+rejected or corrected fraction), and 8x fewer steps than the protocol rather than 16x: 40 epochs at
+batch 256 instead of 20 at 16. On the study's demo this recipe, at 32x the batch in 8x fewer steps,
+came within 2.4 mAP of batch 16 (3 seeds). The study trained from scratch; this recipe fine-tunes,
+so check the first epochs' validation mAP against a batch-16 run if you can afford one.
 
 256 = 16 images per chip on a v4-32 (16 chips, 4 hosts). For a v5e-64 (64 chips):
 --config.train.batch_size=1024 --config.train.num_epochs=160 keeps the 8x fewer steps (fewer epochs
