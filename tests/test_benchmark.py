@@ -198,8 +198,9 @@ def test_tiny_run_with_torch_writes_the_table(tmp_path, capsys):
 
 
 def test_gpu_benchmark_script_runs_in_tiny_mode(tmp_path):
-    """The GPU script end to end on the CPU, with a budget so small that most rows are skipped."""
-    env = dict(os.environ, OUT=str(tmp_path))
+    """The GPU script end to end on the CPU, with a budget so small that most rows are skipped; run
+    with this interpreter (PYTHON), not whatever `python3` PATH finds."""
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
     out = subprocess.run(
         ["bash", "scripts/gpu_benchmark.sh", "--tiny", "--budget=8"],
         cwd=ROOT,
