@@ -16,7 +16,8 @@ import ml_collections
 from bridgegap_jax import images, input_pipeline, schemes, steps
 from bridgegap_jax.errors import UserError
 from bridgegap_jax.datasets import catalog, masks
-from bridgegap_jax.models import BATCH_NORMS, MAX_POOLS, RESNET_STAGES, STEMS
+from bridgegap_jax.layers import BATCH_NORMS, MAX_POOLS, STEMS
+from bridgegap_jax.models import RESNET_STAGES
 
 NONFINITE_POLICIES = ("stop", "skip")
 LR_DECAYS = ("none", "cosine")

@@ -1,35 +1,65 @@
-"""Faster forms of the trunk's memory-bound layers, each equal to the plain one up to float rounding.
+"""The model's speed options, each defined here once: its model field, its choices, its layers.
 
-The default model uses `nn.BatchNorm`, `nn.max_pool` and plain convolutions; the options here are
-opt-in (model fields `batch_norm`, `max_pool`, `stem`, `head_dtype`) until a GPU measurement shows
-they win. None of them changes a parameter or batch-statistics name or shape, so checkpoints and
-converted ImageNet weights load either way.
+Every option swaps a plain Flax layer for a faster form of the same function (equal up to float
+rounding), off by default until a GPU measurement shows it wins. `SPEED_OPTIONS` names each one's
+model field (`config.model.FIELD`), its plain choice (the default), its fast one, and the name
+under which the benchmark times it (`python -m bridgegap_jax.bench --run=jax-bf16+NAME:128`); the
+last section (`norm_act`, `stem_max_pool`, ...) turns a field's value into its layer for models.py.
+No option changes a parameter or batch-statistics name or shape, so checkpoints and converted
+ImageNet weights load either way. Their tests: tests/test_layers.py.
 
-- `BatchNorm`: nn.BatchNorm's variables and arithmetic (one-pass float32 statistics
-  E[x], E[x^2]), with the residual add and the ReLU that follow it in the same expression
-  (rounded to bf16 once, not after each), and in training a backward written out as two passes:
-  one two-output reduction over (dy, x) with the ReLU mask applied, then one elementwise pass that
-  gives both dx and the residual's gradient. Autodiff of the three ops leaves XLA to find that.
-- `BatchNorm(group_size=G)`: statistics over groups of G rows of the batch ("ghost" BatchNorm), for
-  large batches that should normalise as the protocol's batches of 16 do (model field `bn_group_size`).
-- `max_pool_3x3_s2`: the stem's max-pool as the maximum of 9 strided slices; its backward is
-  elementwise selects and pads instead of select-and-scatter, with the same first-maximum rule.
-- `space_to_depth_conv`: the 7x7 stride-2 stem conv on 3 channels as a 4x4 stride-1 conv on
-  2x2 space-to-depth blocks (12 channels), which suits matrix units better.
-- `float32_accumulating`: conv operands in a low-precision dtype, float32 accumulation and output
-  (the 5,000-class CAM head in bf16 without rounding its output).
+- `batch_norm='fused'` (`BatchNorm`): nn.BatchNorm's variables and arithmetic (one-pass float32
+  statistics E[x], E[x^2]), with the residual add and the ReLU that follow it in the same
+  expression (rounded to bf16 once, not after each), and in training a backward written out as two
+  passes: one two-output reduction over (dy, x) with the ReLU mask applied, then one elementwise
+  pass that gives both dx and the residual's gradient. Autodiff of the three ops leaves XLA to
+  find that.
+- `max_pool='strided'` (`max_pool_3x3_s2`): the stem's max-pool as the maximum of 9 strided slices;
+  its backward is elementwise selects and pads instead of select-and-scatter, with the same
+  first-maximum rule.
+- `stem='space_to_depth'` (`space_to_depth_conv`): the 7x7 stride-2 stem conv on 3 channels as a
+  4x4 stride-1 conv on 2x2 space-to-depth blocks (12 channels), which suits matrix units better.
+- `head_dtype='bfloat16'` (`float32_accumulating`): the CAM head's conv operands in bf16, float32
+  accumulation and output (the 5,000-class head without rounding its output).
+
+Not a speed option, but the same layer: `BatchNorm(group_size=G)` takes the statistics over groups
+of G rows of the batch ("ghost" BatchNorm, model field `bn_group_size`), for large batches that
+should normalise as the protocol's batches of 16 do; it changes the result on purpose.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.dtypes import promote_dtype
 from jax import lax
+
+
+class SpeedOption(NamedTuple):
+    field: str  # the model field: config.model.FIELD, CAMClassifier.FIELD
+    plain: str  # the default: the plain Flax layer
+    fast: str  # the faster form of the same function
+    benchmark_name: str  # the benchmark's variant option: jax-bf16+NAME
+
+    @property
+    def choices(self) -> tuple[str, str]:
+        return self.plain, self.fast
+
+
+SPEED_OPTIONS = (
+    SpeedOption("batch_norm", "flax", "fused", "fused-bn"),
+    SpeedOption("max_pool", "reduce_window", "strided", "strided-pool"),
+    SpeedOption("stem", "conv", "space_to_depth", "s2d-stem"),
+    SpeedOption("head_dtype", "float32", "bfloat16", "bf16-head"),
+)
+CHOICES = {option.field: option.choices for option in SPEED_OPTIONS}
+# configuration.py checks the config against these
+BATCH_NORMS, MAX_POOLS, STEMS = CHOICES["batch_norm"], CHOICES["max_pool"], CHOICES["stem"]
 
 REDUCTION_AXES = (0, 1, 2)  # NHWC: statistics per channel over batch and space
 
@@ -287,3 +317,56 @@ def float32_accumulating(compute_dtype):
         return inputs.astype(compute_dtype), kernel.astype(compute_dtype), bias
 
     return promote, functools.partial(lax.conv_general_dilated, preferred_element_type=jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Field value -> layer: what models.py builds for each option's value
+# ----------------------------------------------------------------------------------------------
+def _check(field: str, value: str) -> None:
+    if value not in CHOICES[field]:
+        raise ValueError(f"model.{field}={value!r} is not one of {', '.join(CHOICES[field])}")
+
+
+def norm_act(
+    y, train: bool, name: str, dtype, kind: str, residual=None, relu: bool = True, group_size: int = 0
+):
+    """relu(residual + bn(y)), the residual and the ReLU optional, in the calling module; `kind` is
+    the batch_norm option: "fused" is `BatchNorm` (one op with its own backward), "flax" is
+    nn.BatchNorm, add and nn.relu. `group_size` G > 0 takes the training statistics over each group
+    of G rows (ghost BatchNorm, in `BatchNorm`)."""
+    _check("batch_norm", kind)
+    if kind == "fused" or group_size > 0:
+        return BatchNorm(not train, 0.9, 1e-5, dtype, group_size, name=name)(y, residual, relu)
+    y = nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )(y)
+    if residual is not None:
+        y = residual + y
+    return nn.relu(y) if relu else y
+
+
+def stem_max_pool(x: jax.Array, kind: str) -> jax.Array:
+    """The stem's 3x3 stride-2 max-pool (padding 1, with -inf as PyTorch) in the max_pool option's form."""
+    _check("max_pool", kind)
+    if kind == "strided":
+        return max_pool_3x3_s2(x)
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def stem_conv_general_dilated(kind: str):
+    """nn.Conv's `conv_general_dilated` for the stem in the stem option's form (None: nn.Conv's own)."""
+    _check("stem", kind)
+    return space_to_depth_conv if kind == "space_to_depth" else None
+
+
+def head_conv_hooks(head_dtype):
+    """nn.Conv's (promote_dtype, conv_general_dilated) for the CAM head: Flax's own for float32,
+    else operands in `head_dtype` with float32 sums (`float32_accumulating`)."""
+    name = jnp.dtype(head_dtype).name
+    _check("head_dtype", name)
+    return (promote_dtype, None) if name == "float32" else float32_accumulating(head_dtype)

@@ -7,9 +7,8 @@ returns (logits, cam): `cam` is the raw class activation map (B, H', W', C) and
 trunk's compute dtype (the head's matmul operands in `head_dtype`). Parameter names follow
 torchvision's modules (conv1, bn1, layer1_0, ...), so weight conversion is a plain key map.
 
-Speed options (`layers.py`; defaults are the plain Flax layers): `batch_norm='fused'`,
-`max_pool='strided'`, `stem='space_to_depth'`, `head_dtype=bfloat16`. Each computes the same
-function up to float rounding and keeps every variable's name and shape.
+Speed options (`batch_norm`, `max_pool`, `stem`, `head_dtype`): defined, built and tested in
+`layers.py`; the defaults are the plain Flax layers.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen.dtypes import promote_dtype
 
 from bridgegap_jax import layers
 
@@ -34,11 +32,6 @@ RESNET_STAGES = {
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
 }
-
-# Speed options: the first of each is the default (plain Flax layers).
-BATCH_NORMS = ("flax", "fused")  # fused: BN + residual add + ReLU in one op with its own backward
-MAX_POOLS = ("reduce_window", "strided")  # strided: max of 9 strided slices, no select-and-scatter
-STEMS = ("conv", "space_to_depth")  # space_to_depth: the 7x7/2 stem conv as 4x4/1 on 2x2 blocks
 
 
 def boost_lu(cam: jax.Array, alpha: float) -> jax.Array:
@@ -73,37 +66,13 @@ def conv(features: int, kernel: int, stride: int, name: str, dtype, conv_general
     )
 
 
-def batch_norm(train: bool, name: str, dtype) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
-
-
-def norm_act(
-    y, train: bool, name: str, dtype, kind: str, residual=None, relu: bool = True, group_size: int = 0
-):
-    """relu(residual + bn(y)), the residual and the ReLU optional; `kind` is one of BATCH_NORMS:
-    "fused" is one op with its own backward, "flax" is nn.BatchNorm, add and nn.relu. `group_size`
-    G > 0 takes the training statistics over each group of G rows (layers.BatchNorm)."""
-    if kind == "fused" or group_size > 0:
-        norm = layers.BatchNorm(not train, 0.9, 1e-5, dtype, group_size, name=name)
-        return norm(y, residual, relu)
-    y = batch_norm(train, name, dtype)(y)
-    if residual is not None:
-        y = residual + y
-    return nn.relu(y) if relu else y
-
-
 def _norm(module, train: bool):
-    """norm_act with the module's BatchNorm settings: norm(y, name, residual=None, relu=True)."""
+    """layers.norm_act with the module's BatchNorm settings: norm(y, name, residual=None, relu=True)."""
 
     def norm(y, name: str, residual=None, relu: bool = True):
-        return norm_act(y, train, name, module.dtype, module.batch_norm, residual, relu, module.bn_group_size)
+        return layers.norm_act(
+            y, train, name, module.dtype, module.batch_norm, residual, relu, module.bn_group_size
+        )
 
     return norm
 
@@ -168,28 +137,21 @@ class ResNetTrunk(nn.Module):
     depth: int = 50
     width: int = 64  # channels of the stem; 64 is torchvision, smaller only for tiny demos and tests
     dtype: Any = jnp.float32
-    batch_norm: str = "flax"  # BATCH_NORMS
-    max_pool: str = "reduce_window"  # MAX_POOLS
-    stem: str = "conv"  # STEMS
+    batch_norm: str = "flax"  # speed options: layers.SPEED_OPTIONS
+    max_pool: str = "reduce_window"
+    stem: str = "conv"
     bn_group_size: int = 0  # > 0: BatchNorm statistics over groups of this many rows (layers.BatchNorm)
 
     @nn.compact
     def __call__(self, x, train: bool):
         if self.depth not in RESNET_STAGES:
             raise ValueError(f"model.depth={self.depth} is not one of {sorted(RESNET_STAGES)}")
-        for field, allowed in (("batch_norm", BATCH_NORMS), ("max_pool", MAX_POOLS), ("stem", STEMS)):
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"model.{field}={getattr(self, field)!r} is not one of {', '.join(allowed)}")
         kind, stages = RESNET_STAGES[self.depth]
         block = BasicBlock if kind == "basic" else Bottleneck
         x = x.astype(self.dtype)
-        stem_conv = layers.space_to_depth_conv if self.stem == "space_to_depth" else None
-        x = conv(self.width, 7, 2, "conv1", self.dtype, stem_conv)(x)
+        x = conv(self.width, 7, 2, "conv1", self.dtype, layers.stem_conv_general_dilated(self.stem))(x)
         x = _norm(self, train)(x, "bn1")
-        if self.max_pool == "strided":
-            x = layers.max_pool_3x3_s2(x)
-        else:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(1))  # pads with -inf, as PyTorch
+        x = layers.stem_max_pool(x, self.max_pool)
         for stage, num_blocks in enumerate(stages):
             for i in range(num_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1
@@ -208,7 +170,7 @@ class CAMClassifier(nn.Module):
     width: int = 64
     alpha: float = 5.0  # BoostLU factor; 1.0 is the plain AN / LL model (GAP then linear)
     dtype: Any = jnp.float32  # trunk compute dtype; parameters are always float32
-    batch_norm: str = "flax"
+    batch_norm: str = "flax"  # speed options: layers.SPEED_OPTIONS
     max_pool: str = "reduce_window"
     stem: str = "conv"
     head_dtype: Any = jnp.float32  # the head's matmul operands; it accumulates and outputs float32
@@ -227,10 +189,7 @@ class CAMClassifier(nn.Module):
             name="trunk",
         )
         features = trunk(normalize_images(images), train)
-        if jnp.dtype(self.head_dtype) == jnp.float32:
-            promote, head_conv, features = promote_dtype, None, features.astype(jnp.float32)
-        else:
-            promote, head_conv = layers.float32_accumulating(self.head_dtype)
+        promote, head_conv = layers.head_conv_hooks(self.head_dtype)
         cam = nn.Conv(
             self.num_classes,
             (1, 1),

@@ -6,11 +6,11 @@
 #   bash scripts/gpu_benchmark.sh options      # the speed options only, each on and off
 #   bash scripts/gpu_benchmark.sh --tiny       # the same script as a CPU smoke run
 #
-# Needs python3 with jax (CUDA), flax, optax, numpy, torch and torchvision; no TensorFlow, no
-# internet, no install of this package. Every row runs in its own process (no shared GPU memory).
-# Two parts, each with a time budget (rows not started when it runs out are listed as skipped,
-# a row still running is stopped): under 9 minutes in all. Extra arguments go to both parts
-# (e.g. --tiny, --budget=SECONDS).
+# Needs python3 (or the interpreter in PYTHON) with jax (CUDA), flax, optax, numpy, torch and
+# torchvision; no TensorFlow, no internet, no install of this package. Every row runs in its own
+# process (no shared GPU memory). Two parts, each with a time budget (rows not started when it
+# runs out are listed as skipped, a row still running is stopped): under 9 minutes in all. Extra
+# arguments go to both parts (e.g. --tiny, --budget=SECONDS).
 #
 # Default run:
 #   part 1, ResNet-50, 80 classes, 448 (370 s): the reference and ours bf16 at batch 16; ours bf16
@@ -54,7 +54,7 @@ EOF
 part() {  # part SECONDS ARGS...: one benchmark run with its budget, and a hard stop a little later
   local seconds=$1
   shift
-  timeout --signal=TERM --kill-after=5 $((seconds + 20)) "$PY" -m bridgegap_jax.benchmark --markdown "$MD" \
+  timeout --signal=TERM --kill-after=5 $((seconds + 20)) "$PY" -m bridgegap_jax.bench --markdown "$MD" \
     --budget "$seconds" --steps=5 --repeats=5 "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   if [ -f "$MD.partial" ]; then  # stopped from outside: keep what it measured

@@ -90,10 +90,10 @@ part() {  # part NAME SECONDS COMMAND...: output in NAME.log, "exit-code seconds
 }
 
 # The synthetic training step of the same model: the only use of the benchmark in this script.
-SYNTHETIC=("$PY" -m bridgegap_jax.benchmark --depth=50 --num-classes=80 --size=448 --run=jax-bf16:16,128)
+SYNTHETIC=("$PY" -m bridgegap_jax.bench --depth=50 --num-classes=80 --size=448 --run=jax-bf16:16,128)
 # 896 training examples: 7 steps of 128 or 56 of 16 per epoch; a progress line every LOG_EVERY steps.
 if [ "$TINY" = 1 ]; then  # ResNet-18 at 32 px (the benchmark's --tiny size), narrow: bf16 is slow on CPUs
-  SYNTHETIC=("$PY" -m bridgegap_jax.benchmark --tiny --run=jax-bf16:16,128)
+  SYNTHETIC=("$PY" -m bridgegap_jax.bench --tiny --run=jax-bf16:16,128)
   MODEL=(--config.model.depth=18 --config.model.width=8 --config.data.image_size=32)
   EPOCHS_B128=1
   EPOCHS_B16=1

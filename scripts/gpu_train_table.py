@@ -5,7 +5,7 @@
 Each part PART left PART.log (its output) and PART.status ("exit-code seconds"; absent: not run):
   demo_build, demo              the demo dataset's build, then the README's demo command
   train_b16, train_b128         ResNet-50, 448, bf16 on the 448 px fake COCO set
-  synthetic                     bridgegap_jax.benchmark's synthetic training step, same model
+  synthetic                     bridgegap_jax.bench's synthetic training step, same model
 End-to-end images/s comes from the training progress lines: every window but the run's first
 (which holds the compilation), as images / seconds over all of them.
 """
@@ -113,7 +113,7 @@ HEADER = [
 ]
 NOTES = (
     "End-to-end: the training progress lines, every window but the first (compilation); steps: all "
-    "(measured). Synthetic: `python -m bridgegap_jax.benchmark`, the same model on data already on the "
+    "(measured). Synthetic: `python -m bridgegap_jax.bench`, the same model on data already on the "
     "device."
 )
 

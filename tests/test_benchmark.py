@@ -1,5 +1,6 @@
-"""The benchmark: its JAX step is the training step, its FLOPs are the model's, its targets are
-judged right, and its CPU smoke run (`--tiny`) produces the table, with PyTorch and without."""
+"""The benchmark (bridgegap_jax.bench): its JAX step is the training step, its FLOPs are the model's,
+its targets are judged right, and its CPU smoke run (`--tiny`) produces the table, with PyTorch and
+without, also through scripts/gpu_benchmark.sh."""
 
 import functools
 import os
@@ -11,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import benchmark, flops, schemes, steps, xla_options
-from bridgegap_jax.benchmark import Row
+from bridgegap_jax import schemes, steps, xla_options
+from bridgegap_jax.bench import cli, flops, jax_rows, tables
+from bridgegap_jax.bench.rows import Row, model_fields_of, split_variant, xla_flags_of
 from bridgegap_jax.models import ResNetTrunk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_imports_no_tensorflow_ml_collections_or_torch():
     code = (
-        "import sys, bridgegap_jax.benchmark; "
+        "import sys, bridgegap_jax.bench.cli; "
         "bad = [m for m in ('tensorflow', 'ml_collections', 'torch', 'jax') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -29,7 +31,7 @@ def test_imports_no_tensorflow_ml_collections_or_torch():
 
 def test_benchmark_step_is_the_training_step():
     """One step of the benchmark's setup == steps.train_step with the training defaults (LL-R, k > 0)."""
-    setup = benchmark.jax_setup("jax-fp32", 4, depth=18, num_classes=10, size=32, width=8)
+    setup = jax_rows.jax_setup("jax-fp32", 4, depth=18, num_classes=10, size=32, width=8)
     assert int(setup.k.sum()) > 0
     model = steps.make_model(10, depth=18, width=8)
     tx = steps.make_optimizer(1e-5, 10.0)
@@ -74,16 +76,20 @@ def test_flops_are_the_models_convolutions_and_matmuls():
 
 
 def test_variants_options_and_targets_parse():
-    assert benchmark.split_variant("jax-bf16+fused-bn+xla-conv-fusion") == (
+    assert split_variant("jax-bf16+fused-bn+xla-conv-fusion") == (
         "jax-bf16",
         ["fused-bn", "xla-conv-fusion"],
     )
     for bad in ("jax-bf8", "torch-ref+fused-bn", "jax-bf16+fast"):
         with pytest.raises(ValueError):
-            benchmark.split_variant(bad)
-    assert benchmark.xla_flags_of("jax-bf16+xla-nhwc+fused-bn") == list(xla_options.PRESETS["nhwc"])
-    assert benchmark.parse_target("jax-bf16*:16/torch-ref:16>=2.5") == ("jax-bf16*", 16, "torch-ref", 16, 2.5)
-    assert benchmark.parse_target("jax-bf16+fused-bn/torch-best>=1.2") == (
+            split_variant(bad)
+    assert xla_flags_of("jax-bf16+xla-nhwc+fused-bn") == list(xla_options.PRESETS["nhwc"])
+    assert model_fields_of("jax-bf16+s2d-stem+xla-nhwc+fused-bn") == {
+        "stem": "space_to_depth",
+        "batch_norm": "fused",
+    }
+    assert tables.parse_target("jax-bf16*:16/torch-ref:16>=2.5") == ("jax-bf16*", 16, "torch-ref", 16, 2.5)
+    assert tables.parse_target("jax-bf16+fused-bn/torch-best>=1.2") == (
         "jax-bf16+fused-bn",
         None,
         "torch-best",
@@ -100,10 +106,10 @@ def test_targets_are_judged_on_the_right_rows():
         Row("jax-bf16+fused-bn", 128, train_ms=80.0),
         Row("torch-ref", 16, note="skipped: PyTorch is not installed (x)", skipped=True),
     ]
-    train = benchmark.target_lines(
+    train = tables.target_lines(
         rows,
         [
-            benchmark.parse_target(t)
+            tables.parse_target(t)
             for t in (
                 "jax-bf16*/torch-best>=1.2",
                 "jax-bf16/torch-best>=1.1",
@@ -117,22 +123,8 @@ def test_targets_are_judged_on_the_right_rows():
     assert train[1].startswith("- **MET**") and "1.11x" in train[1]
     assert train[2].startswith("- **NOT MEASURED**") and "no jax-bf16* b16 row" in train[2]
     assert "no torch-ref b16 row (skipped: PyTorch is not installed (x))" in train[2]
-    evals = benchmark.target_lines(
-        rows, [benchmark.parse_target("jax-bf16*/torch-best>=1.3")], "eval_images_per_s"
-    )
+    evals = tables.target_lines(rows, [tables.parse_target("jax-bf16*/torch-best>=1.3")], "eval_images_per_s")
     assert evals[0].startswith("- **NOT MET**") and "1.25x" in evals[0]
-
-
-def test_xla_option_flags_are_known_to_this_xla():
-    """XLA aborts on an unknown flag when its backend starts: every preset's flags must parse."""
-    env = dict(
-        os.environ, XLA_FLAGS=xla_options.with_flags("", list(xla_options.PRESETS)), JAX_PLATFORMS="cpu"
-    )
-    subprocess.run(
-        [sys.executable, "-c", "import jax; jax.numpy.ones(1).block_until_ready()"], env=env, check=True
-    )
-    with pytest.raises(ValueError, match="unknown XLA option"):
-        xla_options.flags("conv-fusion,fastest")
 
 
 def test_tiny_run_without_torch_says_what_was_skipped(tmp_path):
@@ -148,7 +140,7 @@ def test_tiny_run_without_torch_says_what_was_skipped(tmp_path):
         [
             sys.executable,
             "-m",
-            "bridgegap_jax.benchmark",
+            "bridgegap_jax.bench",
             "--tiny",
             "--run=torch-ref:2",
             "--run=torch-best:2",
@@ -176,7 +168,7 @@ def test_tiny_run_with_torch_writes_the_table(tmp_path, capsys):
     )
     out = tmp_path / "bench.md"
     assert (
-        benchmark.main(
+        cli.main(
             [
                 "--tiny",
                 "--markdown",
@@ -206,8 +198,9 @@ def test_tiny_run_with_torch_writes_the_table(tmp_path, capsys):
 
 
 def test_gpu_benchmark_script_runs_in_tiny_mode(tmp_path):
-    """The GPU script end to end on the CPU, with a budget so small that most rows are skipped."""
-    env = dict(os.environ, OUT=str(tmp_path))
+    """The GPU script end to end on the CPU, with a budget so small that most rows are skipped; run
+    with this interpreter (PYTHON), not whatever `python3` PATH finds."""
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable)
     out = subprocess.run(
         ["bash", "scripts/gpu_benchmark.sh", "--tiny", "--budget=8"],
         cwd=ROOT,

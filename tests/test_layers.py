@@ -1,7 +1,10 @@
-"""The speed options compute what the default layers compute: same variables (names, shapes, init
-values), same forward and backward up to float32 rounding, same batch-statistics updates."""
+"""The speed options (layers.SPEED_OPTIONS) are off by default and compute what the default layers
+compute: same variables (names, shapes, init values), same forward and backward up to float32
+rounding, same batch-statistics updates."""
 
 import functools
+import importlib
+import inspect
 
 import flax.linen as nn
 import jax
@@ -10,12 +13,14 @@ import numpy as np
 import pytest
 
 from bridgegap_jax import layers, schemes, steps
-from bridgegap_jax.models import Bottleneck, ResNetTrunk
+from bridgegap_jax.models import Bottleneck, CAMClassifier, ResNetTrunk
 
-# The max-pool and the stem are also checked on their own below; BatchNorm has its own backward.
+# "all": every option of the table that is exact to float32 rounding, so that a new one is tested
+# here as soon as it is defined; the bf16 head rounds to bf16 (its own test below). The max-pool and
+# the stem are also checked on their own below; BatchNorm has its own backward.
 OPTIONS = {
     "fused batch_norm": {"batch_norm": "fused"},
-    "all": {"batch_norm": "fused", "max_pool": "strided", "stem": "space_to_depth"},
+    "all": {o.field: o.fast for o in layers.SPEED_OPTIONS if o.field != "head_dtype"},
 }
 
 
@@ -65,6 +70,26 @@ def default(batch):
     model = steps.make_model(10, depth=18, width=8)
     variables = model.init(jax.random.key(0), batch[0][:1])
     return model, variables, one_step(model, variables, *batch)
+
+
+def test_speed_options_are_off_by_default_and_checked():
+    """Each option's plain layer is the default of the model, of steps.make_model and of
+    configs/base.py; an unknown value is refused with the field's name and its choices."""
+    model_config = importlib.import_module("configs.base").get_config().model
+    make_model_defaults = inspect.signature(steps.make_model).parameters
+    for option in layers.SPEED_OPTIONS:
+        model_default = getattr(CAMClassifier, option.field)
+        if not isinstance(model_default, str):  # head_dtype: a dtype in the model, a name elsewhere
+            model_default = jnp.dtype(model_default).name
+        assert model_default == make_model_defaults[option.field].default == option.plain
+        assert model_config[option.field] == option.plain
+    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.uint8)
+    for field in ("batch_norm", "max_pool", "stem"):
+        model = steps.make_model(10, depth=18, width=8, **{field: "nope"})
+        with pytest.raises(
+            ValueError, match=f"model.{field}='nope' is not one of {layers.CHOICES[field][0]}"
+        ):
+            jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
 
 
 @pytest.mark.parametrize("name", OPTIONS)

@@ -22,7 +22,8 @@ pytest.importorskip("torchvision", reason="torchvision is a test extra; parity t
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bridgegap_jax import schemes, steps, torch_reference  # noqa: E402
+from bridgegap_jax import schemes, steps  # noqa: E402
+from bridgegap_jax.bench import torch_reference  # noqa: E402
 from bridgegap_jax.models import CAMClassifier, ResNetTrunk  # noqa: E402
 
 torch.set_num_threads(2)

@@ -2,8 +2,8 @@
 and benchmarks.
 
 torch and torchvision are a test/benchmark extra: training never imports this module. It lives
-apart from `benchmark.py` so that the parity tests use exactly the step the benchmark times
-without pulling in timing code, and so that torch is imported in one place only.
+apart from the benchmark's timing (torch_rows.py) so that the parity tests use exactly the step the
+benchmark times without pulling in timing code.
 
 The model is the reference's: torchvision's ResNet with avgpool and fc removed, a 1x1 conv head
 with bias giving the CAM, BoostLU `where(cam > 0, alpha * cam, cam)`, spatial mean. The loss is
