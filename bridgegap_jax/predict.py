@@ -177,6 +177,7 @@ class Progress:
         self.total, self.enabled = total, enabled
         self.tty = sys.stderr.isatty()
         self.start = self.last = time.perf_counter()
+        self.width = 0
 
     def update(self, done: int) -> None:
         now = time.perf_counter()
@@ -186,8 +187,9 @@ class Progress:
         rate = done / max(now - self.start, 1e-9)
         eta = datetime.timedelta(seconds=round((self.total - done) / max(rate, 1e-9)))
         line = f"predict: {done}/{self.total} images, {rate:.1f} images/s, ETA {eta}"
+        self.width = max(self.width, len(line))  # a shorter line rewrites all of the longer one
         end = "\n" if not self.tty or done == self.total else ""
-        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+        print(("\r" + line.ljust(self.width)) if self.tty else line, end=end, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
