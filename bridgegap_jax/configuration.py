@@ -44,9 +44,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     """Every field on its own: raises ConfigError for the first that cannot run."""
     data, model, loss, train = config.data, config.model, config.loss, config.train
     _require(_is_int(config.seed), "seed", config.seed, "must be an integer")
-    _require(
-        data.name in catalog.DATASETS, "data.name", data.name, f"must be one of {', '.join(catalog.DATASETS)}"
-    )
+    name_problem = catalog.name_problem(data.name)
+    _require(name_problem is None, "data.name", data.name, name_problem)
     _require(
         isinstance(data.data_dir, str) and data.data_dir != "",
         "data.data_dir",

@@ -43,15 +43,14 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from bridgegap_jax import cam_figures, cam_stats, configuration, input_pipeline, sharding, steps
-from bridgegap_jax.checkpoint import RunCheckpoints
+from bridgegap_jax import cam_figures, cam_stats, input_pipeline, sharding
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.errors import UserError
 from bridgegap_jax.models import CAMClassifier, boost_lu
-from bridgegap_jax.rundir import CONFIG_FILE, RunDir
+from bridgegap_jax.rundir import RunDir
+from bridgegap_jax.trained_run import Run, open_run, restore
 
 SUMMARY_FILE = "summary.json"
 MEASURED_MAP = (
@@ -65,22 +64,9 @@ class ExplainError(UserError, ValueError):
     """A mistake in the runs or flags given to the tool; the message says what to do."""
 
 
-class RunNotFoundError(ExplainError, FileNotFoundError):
-    pass
-
-
 # ----------------------------------------------------------------------------------------------
 # Runs and the models compared
 # ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Run:
-    name: str
-    workdir: str
-    config: ml_collections.ConfigDict
-    num_classes: int  # of its checkpoint
-    variables: dict | None = None  # params + batch_stats, once restored
-
-
 @dataclasses.dataclass(frozen=True)
 class Column:
     """One model of the comparison: a run's parameters at one BoostLU alpha."""
@@ -108,41 +94,6 @@ def parse_runs(specs: Sequence[str]) -> list[tuple[str, str]]:
     return runs
 
 
-def _train_command(workdir: str) -> str:
-    return f"python -m bridgegap_jax.main --config=configs/<dataset>.py --workdir={workdir}"
-
-
-def open_run(name: str, workdir: str) -> Run:
-    """The run's config and class count; a clear error if the workdir or its best checkpoint is missing."""
-    run_dir = RunDir(workdir)  # local or gs:// workdirs
-    config_path = run_dir.file(CONFIG_FILE)
-    if not run_dir.path.is_dir():
-        raise RunNotFoundError(
-            f"run {name!r}: workdir {workdir} does not exist; make it with `{_train_command(workdir)}`"
-        )
-    if not config_path.exists():
-        raise RunNotFoundError(
-            f"run {name!r}: {config_path} is missing, so {workdir} is not a training run; make one with "
-            f"`{_train_command(workdir)}`"
-        )
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    best = run_dir.checkpoints / "best"
-    step, num_classes = None, None
-    if best.is_dir():
-        checkpoints = RunCheckpoints(run_dir.checkpoints)
-        step = checkpoints.best_step()
-        if step is not None:  # the class count from the checkpoint's metadata: nothing is restored
-            num_classes = int(checkpoints.best_model_metadata()["params"]["head"]["bias"].shape[0])
-        checkpoints.close()
-    if step is None:
-        raise RunNotFoundError(
-            f"run {name!r}: no best checkpoint in {best} (training has not finished a validation epoch); "
-            f"train or resume it with `python -m bridgegap_jax.main --config=configs/{config.data.name}.py "
-            f"--workdir={workdir}` and the --config.* overrides it was started with (see {config_path})"
-        )
-    return Run(name, workdir, config, num_classes)
-
-
 def check_compatible(runs: Sequence[Run], dataset_classes: int) -> None:
     """Every run must predict the dataset's classes on the same CAM grid as the reference (the first)."""
     reference = runs[0]
@@ -160,17 +111,6 @@ def check_compatible(runs: Sequence[Run], dataset_classes: int) -> None:
                     f"({reference.config[section][key]!r} vs {run.config[section][key]!r}); compare runs of one "
                     "dataset and input size"
                 )
-
-
-def restore(run: Run, mesh) -> tuple[CAMClassifier, dict]:
-    model = configuration.model(run.config, run.num_classes)
-    abstract = steps.abstract_model_vars(model, run.config.data.image_size, mesh)
-    checkpoints = RunCheckpoints(RunDir(run.workdir).checkpoints)
-    try:
-        variables = checkpoints.restore_best(abstract)
-    finally:
-        checkpoints.close()
-    return model, variables
 
 
 def make_columns(runs: Sequence[Run], inference_alpha: float) -> list[Column]:
@@ -366,13 +306,11 @@ def explain(
         raise ExplainError(f"--reference {reference!r} is not one of the runs {names}")
     if not 0 < top_k_percent <= 100:
         raise ExplainError(f"--top_k_percent={top_k_percent} must lie in (0, 100]")
-    runs = [open_run(name, workdir) for name, workdir in run_specs]
+    runs = [open_run(workdir, name) for name, workdir in run_specs]
     runs.sort(key=lambda run: run.name != reference)  # the reference first
     config = runs[0].config
-    data_spec = catalog.spec(config.data.name)
-    check_compatible(runs, data_spec.num_classes)
-
     dataset = catalog.open_dataset(config.data.name, os.path.expanduser(data_dir or config.data.data_dir))
+    check_compatible(runs, dataset.num_classes)
     class_list = list(dataset.class_names)  # names where the dataset has them, else indices
     class_filter = resolve_classes(classes, class_list)
     if split not in dataset.split_sizes:

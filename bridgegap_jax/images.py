@@ -21,6 +21,8 @@ from bridgegap_jax.errors import UserError
 
 RESIZE_METHODS = ("bilinear", "pil")
 cv2.setNumThreads(1)  # one image per call per process: the workers are the parallelism
+# OpenCV would also print its own lines on stderr for a file it cannot decode; DecodeError says it.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 _RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.11 decodes straight to RGB
 
 

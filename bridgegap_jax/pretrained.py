@@ -24,15 +24,15 @@ Key map (torchvision -> Flax, all under `trunk/`):
     fc.weight / fc.bias                  dropped (the CAM head is new)
     *.num_batches_tracked                ignored
 Every Flax trunk leaf must be filled exactly once with the same shape; any unknown or missing
-key is an error that names it.
+key is an error that names it. `torch_name` is the inverse map (`python -m bridgegap_jax.export`).
+The trunk's width is read from conv1.weight: 64 for torchvision's files, narrower for the trunk of
+a narrow run exported with `export.torchvision_state_dict(..., trunk_only=True)`.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import json
 import os
 import re
 import sys
@@ -41,6 +41,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from bridgegap_jax.errors import UserError
+from bridgegap_jax.files import sha256
+from bridgegap_jax.safetensors_file import read_safetensors
 
 # torchvision's files: the reference's `pretrained=True` is V1.
 TORCHVISION_URLS = {
@@ -78,64 +80,6 @@ def where_to_get(depth: int = 50, out: str = "DIR") -> str:
 # ----------------------------------------------------------------------------------------------
 # Reading the source files
 # ----------------------------------------------------------------------------------------------
-_SAFETENSORS_DTYPES = {
-    "F64": np.float64,
-    "F32": np.float32,
-    "F16": np.float16,
-    "BF16": None,
-    "I64": np.int64,
-    "I32": np.int32,
-    "I16": np.int16,
-    "I8": np.int8,
-    "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """A .safetensors file as {name: array}: 8-byte little-endian header length, a JSON header
-    {name: {dtype, shape, data_offsets}} (and optional __metadata__), then the raw little-endian
-    data. BF16 is widened to float32. numpy only, so no torch is needed at run time."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 8:
-        raise WeightsError(f"{path} is not a safetensors file (only {len(raw)} bytes)")
-    header_len = int.from_bytes(raw[:8], "little")
-    if header_len > len(raw) - 8:
-        raise WeightsError(
-            f"{path} is not a safetensors file (header length {header_len} exceeds the file size)"
-        )
-    try:
-        header = json.loads(raw[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path} is not a safetensors file (header is not JSON: {e})") from None
-    data = memoryview(raw)[8 + header_len :]
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype_name, shape, (start, end) = entry["dtype"], list(entry["shape"]), entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise WeightsError(
-                f"{path} is not a safetensors file (tensor {name!r} lacks a dtype, shape or "
-                "data_offsets); download it again"
-            ) from None
-        if dtype_name not in _SAFETENSORS_DTYPES:
-            raise WeightsError(f"{path}: tensor {name} has unsupported dtype {dtype_name}")
-        if end > len(data):
-            raise WeightsError(f"{path}: tensor {name} runs past the end of the file (truncated download?)")
-        if dtype_name == "BF16":
-            bits = np.frombuffer(data[start:end], dtype="<u2").astype(np.uint32) << 16
-            array = bits.view(np.float32)
-        else:
-            array = np.frombuffer(
-                data[start:end], dtype=np.dtype(_SAFETENSORS_DTYPES[dtype_name]).newbyteorder("<")
-            )
-        tensors[name] = array.reshape(shape).astype(array.dtype.newbyteorder("="))
-    return tensors
-
-
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     """A torchvision `.pth` state dict as {name: array}. Needs torch (only this path does)."""
     try:
@@ -182,14 +126,6 @@ def _check_torchvision_hash(path: str) -> None:
         )
 
 
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------
 # The key map
 # ----------------------------------------------------------------------------------------------
@@ -199,6 +135,9 @@ _BN_LEAVES = {
     "running_mean": ("batch_stats", "mean"),
     "running_var": ("batch_stats", "var"),
 }
+
+
+_DOWNSAMPLE = {"0": "downsample_conv", "1": "downsample_bn"}  # torchvision's downsample Sequential
 
 
 def flax_path(torch_name: str) -> tuple[str, tuple[str, ...]] | None:
@@ -211,7 +150,7 @@ def flax_path(torch_name: str) -> tuple[str, tuple[str, ...]] | None:
         module = f"{parts[0]}_{parts[1]}"
         rest = parts[2:]
         if rest[0] == "downsample" and len(rest) == 3:
-            rest = [{"0": "downsample_conv", "1": "downsample_bn"}.get(rest[1], "?"), rest[2]]
+            rest = [_DOWNSAMPLE.get(rest[1], "?"), rest[2]]
         prefix = (module,)
     else:
         rest, prefix = parts, ()
@@ -223,6 +162,23 @@ def flax_path(torch_name: str) -> tuple[str, tuple[str, ...]] | None:
             collection, name = _BN_LEAVES[leaf]
             return collection, prefix + (layer, name)
     raise KeyError(torch_name)
+
+
+def torch_name(collection: str, path: tuple[str, ...]) -> str:
+    """The inverse of `flax_path`, from its own tables: (collection, path under trunk) -> torchvision
+    name. Checked against `flax_path`, so the two directions cannot drift apart (export uses it)."""
+    *modules, leaf = path
+    module_names = {flax: f"downsample.{index}" for index, flax in _DOWNSAMPLE.items()}
+    leaf_names = {target: name for name, target in _BN_LEAVES.items()}
+    leaf_names[("params", "kernel")] = "weight"
+    parts = [m.replace("_", ".", 1) if m.startswith("layer") else module_names.get(m, m) for m in modules]
+    name = ".".join(parts + [leaf_names.get((collection, leaf), "?")])
+    try:
+        if flax_path(name) == (collection, tuple(path)):
+            return name
+    except KeyError:
+        pass
+    raise KeyError(f"{collection}/trunk/{'/'.join(path)} has no torchvision name")
 
 
 @functools.lru_cache(maxsize=8)
@@ -276,6 +232,13 @@ def infer_depth(state_dict: Mapping[str, Any]) -> int:
     raise WeightsError(
         f"the state dict is not a torchvision ResNet ({kind} blocks per stage {blocks}); " + where_to_get()
     )
+
+
+def infer_width(state_dict: Mapping[str, Any]) -> int:
+    """Channels of the stem: 64 in every torchvision ResNet; narrower for a trunk that `export`
+    wrote from a narrow run (convert_torchvision reports a missing conv1.weight)."""
+    stem = state_dict.get("conv1.weight")
+    return 64 if stem is None else int(np.shape(stem)[0])
 
 
 def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width: int = 64) -> dict[str, dict]:
@@ -435,11 +398,12 @@ def convert(source: str, out: str, depth: int | None = None) -> str:
         raise WeightsError(
             f"{source} holds ResNet-{found} weights, not ResNet-{depth}; " + where_to_get(depth)
         )
-    trunk = convert_torchvision(state_dict, found)
+    width = infer_width(state_dict)
+    trunk = convert_torchvision(state_dict, found, width)
     dropped = sorted(k for k in state_dict if k.startswith("fc."))
     info = {
         "depth": found,
-        "width": 64,
+        "width": width,
         "source": os.path.abspath(os.path.expanduser(source)),
         "source_sha256": sha256(os.path.expanduser(source)),
         "dropped": dropped,
@@ -460,11 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="directory to create (orbax checkpoint + info)")
     parser.add_argument(
-        "--depth",
-        type=int,
-        choices=(50, 101),
-        default=None,
-        help="expected depth (checked; inferred if omitted)",
+        "--depth", type=int, choices=(50, 101), default=None, help="expected depth: checked, or inferred"
     )
     args = parser.parse_args(argv)
     try:

@@ -303,6 +303,7 @@ class Trainer:
             "num_test_examples": test["num_examples"],
             "best_epoch": self.progress["best_epoch"],
             "best_val_map": self.progress["best_val_map"],
+            "evaluation": self.dataset.evaluation,  # split -> catalog.EVALUATION mode
             "wall_time_s": round(self.elapsed(), 1),
             "environment": environment(),
         }
@@ -353,10 +354,12 @@ def environment() -> dict:
 def result_line(result: dict) -> str:
     groups = "".join(f", {key} {value['map']:.2f}" for key, value in sorted(result["test_groups"].items()))
     dropped = result["test_map_with_positives"]
+    mode = result.get("evaluation", {}).get("test")  # None in results written before it was recorded
     return (
         f"test mAP {result['test_map']:.2f} (classes without positives dropped: "
         f"{'n/a' if dropped is None else format(dropped, '.2f')}{groups}) with the checkpoint of epoch "
         f"{result['best_epoch']} (validation mAP {result['best_val_map']:.2f})"
+        + ("" if mode in (None, "all") else f"; evaluated on {catalog.EVALUATION[mode]}")
     )
 
 

@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # model init and data order (shuffle, flips)
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "voc"  # demo | voc | coco | nuswide | cub | openimages
+    config.data.name = "voc"  # demo | voc | coco | nuswide | cub | openimages | folder:NAME | a path
     config.data.data_dir = "~/tensorflow_datasets"  # where prepared datasets live
     config.data.image_size = 448
     config.data.train_labels = "observed"  # 'observed' (partial labels) or 'full' (the upper bound)

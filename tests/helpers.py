@@ -1,7 +1,9 @@
-"""Shared by the tests: running the tools as a user does, what their errors look like, and a crash
-injected into an in-process run."""
+"""Shared by the tests: running the tools as a user does, what their errors look like, a crash
+injected into an in-process run, fake runs, and the README's code."""
 
 import os
+import re
+import struct
 import subprocess
 import sys
 
@@ -112,3 +114,76 @@ def latest_checkpoint(workdir: str) -> tuple[int, dict]:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     manager.close()
     return step, restored["state"]
+
+
+def make_run(workdir, config, seed=0, num_classes=10, checkpoint=True, variables=None):
+    """A fake finished run: config.json and a best checkpoint (step 7) of `variables` (default: random)."""
+    from bridgegap_jax import configuration
+    from bridgegap_jax.checkpoint import RunCheckpoints
+    from bridgegap_jax.rundir import CONFIG_FILE, RunDir
+
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json_best_effort())
+    if checkpoint:
+        if variables is None:
+            variables = random_variables(configuration.model(config, num_classes), seed=seed)
+        checkpoints = RunCheckpoints(RunDir(str(workdir)).checkpoints)
+        checkpoints.save_best(7, dict(variables), 50.0)
+        checkpoints.close()
+    return str(workdir)
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def readme_python(containing: str) -> str:
+    """The README's ```python block that contains `containing`: tests run it as printed."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    found = [block for block in blocks if containing in block]
+    assert len(found) == 1, f"{len(found)} python blocks of README.md contain {containing!r}"
+    return found[0]
+
+
+def read_csv(path) -> list[dict]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def run_readme_pytorch(workdir, model_file, images, names, predictions, monkeypatch, max_difference=1e-5):
+    """The README's PyTorch code on `names` under the folder `images`, with the export of `workdir` in
+    `model_file` (made if missing), against predict's probabilities in `predictions` (a CSV)."""
+    import pytest
+
+    pytest.importorskip("torch", reason="the PyTorch side needs the torch extra (pip install -e '.[torch]')")
+    pytest.importorskip("safetensors", reason="the PyTorch side needs the torch extra (safetensors)")
+    import torch
+
+    from bridgegap_jax import export
+
+    if not os.path.exists(model_file):
+        assert export.main([f"--workdir={workdir}", f"--out={model_file}"]) == 0
+    expected = {row["file_name"]: row for row in read_csv(predictions)}
+    monkeypatch.chdir(os.path.dirname(model_file))  # the README loads "model.safetensors"
+    torch.set_num_threads(2)
+    namespace = {}
+    exec(
+        readme_python("load_file").replace('"model.safetensors"', repr(os.path.basename(model_file))),
+        namespace,
+    )
+    got = namespace["probabilities"]([os.path.join(images, name) for name in names]).numpy()
+    want = np.array([[float(expected[name][c]) for c in namespace["classes"]] for name in names])
+    difference = float(np.abs(got - want).max())
+    print(
+        f"README PyTorch code vs predict, ResNet-{namespace['meta']['depth']}: max abs difference "
+        f"{difference:.2e} over {got.size} probabilities (float32)"
+    )
+    assert got.shape == want.shape and difference <= max_difference
+    return difference

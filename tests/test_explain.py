@@ -2,42 +2,19 @@
 
 import json
 import os
-import struct
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import random_variables
+from helpers import make_run, png_size, random_variables
 
-from bridgegap_jax import cam_figures, cam_stats, configuration, explain, sharding
-from bridgegap_jax.checkpoint import RunCheckpoints
+from bridgegap_jax import cam_figures, cam_stats, explain, sharding, trained_run
 from bridgegap_jax.prepare import demo
-from bridgegap_jax.rundir import CONFIG_FILE, RunDir
 from bridgegap_jax.models import CAMClassifier
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def make_run(workdir, config, seed=0, num_classes=10, checkpoint=True):
-    """A fake finished run: config.json and a best checkpoint of random parameters."""
-    os.makedirs(workdir)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json_best_effort())
-    if checkpoint:
-        variables = random_variables(configuration.model(config, num_classes), seed=seed)
-        checkpoints = RunCheckpoints(RunDir(str(workdir)).checkpoints)
-        checkpoints.save_best(7, dict(variables), 50.0)
-        checkpoints.close()
-    return str(workdir)
-
-
-def png_size(path):
-    with open(path, "rb") as f:
-        head = f.read(24)
-    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
-    return struct.unpack(">II", head[16:24])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,7 +141,7 @@ def test_a_missing_workdir_names_it_and_the_command_that_makes_it(tmp_path, tiny
     present = make_run(tmp_path / "present", tiny_config)
     missing = str(tmp_path / "missing")
     with pytest.raises(
-        explain.RunNotFoundError, match=f"workdir {missing} does not exist.*python -m bridgegap_jax.main"
+        trained_run.RunNotFoundError, match=f"workdir {missing} does not exist.*python -m bridgegap_jax.main"
     ):
         explain.explain([("full", present), ("an", missing)], str(tmp_path / "out"))
 
@@ -174,7 +151,7 @@ def test_a_missing_checkpoint_names_the_folder_and_the_command(tmp_path, tiny_co
     untrained = make_run(tmp_path / "untrained", tiny_config, checkpoint=False)
     best = os.path.join(untrained, "checkpoints", "best")
     with pytest.raises(
-        explain.RunNotFoundError,
+        trained_run.RunNotFoundError,
         match=f"no best checkpoint in {best}.*--config=configs/demo.py --workdir={untrained}",
     ):
         explain.explain([("full", present), ("an", untrained)], str(tmp_path / "out"))
@@ -229,4 +206,4 @@ def test_the_default_out_is_a_new_folder_that_git_ignores():
 def test_relative_workdirs_are_read(tmp_path, tiny_config, monkeypatch):
     make_run(tmp_path / "a", tiny_config)
     monkeypatch.chdir(tmp_path)  # the README's commands name runs/demo, not an absolute path
-    assert explain.open_run("full", "a").num_classes == 10
+    assert trained_run.open_run("a", "full").num_classes == 10

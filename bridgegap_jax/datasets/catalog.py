@@ -1,10 +1,13 @@
 """Which datasets exist, and the one description of a prepared dataset that the runtime passes down.
 
 Every dataset is a tfds dataset in ArrayRecord files with splits 'train', 'validation' and 'test'
-and features 'image' (encoded JPEG or PNG bytes), 'labels' (full or verified labels), 'labels_obs'
-(observed labels), 'index', 'image_id'. `open_dataset` resolves it once from the config; nothing
-downstream looks the dataset's facts up again. It is read through tfds's TensorFlow-free data
-source (random access to any record), which grain's workers pickle and open on their own.
+and features 'image' (encoded JPEG or PNG bytes), 'labels' (the labels evaluation scores against:
+full or verified labels), 'labels_obs' (observed labels), 'index', 'image_id'. The built-in
+datasets are listed here; a dataset prepared from your own folder describes itself
+(`datasets/folder.py`: config.data.name `folder:NAME` or a path). `open_dataset` resolves either
+once from the config; nothing downstream looks the dataset's facts up again. It is read through
+tfds's TensorFlow-free data source (random access to any record), which grain's workers pickle and
+open on their own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import numpy as np
 from etils import epath
 
+from bridgegap_jax.datasets import folder
 from bridgegap_jax.errors import UserError
 
 
@@ -58,6 +62,15 @@ BUILT_IN = ("demo", "demo_large")  # made from scikit-learn's digits when first 
 # Which stored value means "unobserved" in each label encoding.
 UNOBSERVED_VALUE = {"single_positive": 0, "partial": -1}
 SPLITS = ("train", "validation", "test")
+# What the entries of a split's evaluation (mAP, loss) are, by mode. The built-in single-positive
+# datasets have full labels ('all'), OpenImages verified ones ('observed': the mask labels != -1).
+# A folder dataset stores the mode of each split (prepare/folder.py picks it from the table).
+EVALUATION = {
+    "all": "every label known",
+    "observed": "observed labels only (unknown entries do not count)",
+    "unobserved_negative": "unknown labels counted as negative (the split has no observed negative): a lower "
+    "bound on the mAP with full labels",
+}
 
 # Files a prepared dataset keeps beside its tfds files.
 CLASS_NAMES_FILE = "class_names.txt"  # one name per line, in label order
@@ -78,6 +91,22 @@ def spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
+def name_problem(name) -> str | None:
+    """Why config.data.name cannot name a dataset (None if it can)."""
+    known = (
+        f"one of {', '.join(DATASETS)}, folder:NAME (a dataset prepared from your own images with `python -m "
+        "bridgegap_jax.prepare folder ... --name=NAME`) or the path of a prepared folder"
+    )
+    if not isinstance(name, str) or not name:
+        return f"is not set: give {known}"
+    if name.startswith(folder.PREFIX):
+        problem = folder.name_problem(name[len(folder.PREFIX) :])
+        return None if problem is None else f"the NAME of folder:NAME: {problem}"
+    if name in DATASETS or folder.is_folder_dataset(name):
+        return None
+    return f"must be {known}"
+
+
 def prepare_command(name: str, data_dir: str) -> str:
     if name in BUILT_IN:
         return f"python -m bridgegap_jax.prepare {name} --data_dir={data_dir}"
@@ -96,6 +125,8 @@ class Dataset:
     groups: np.ndarray | None  # (C,) frequency group of each class, or None
     image_format: str  # 'jpeg' | 'png'
     split_sizes: dict
+    evaluation: dict  # split -> EVALUATION mode of its mAP (validation, test)
+    prepare_command: str  # the command that (re)builds it
 
     @property
     def unobserved_value(self) -> int:
@@ -125,30 +156,39 @@ class Dataset:
         what = f"damaged file(s) {', '.join(bad)}" if bad else f"a file of split {split!r}"
         return DataError(
             f"{self.directory}: {what} cannot be read ({' '.join(str(error).split())[:200]}); "
-            "rebuild the dataset with "
-            f"`{prepare_command(self.name, os.path.dirname(os.path.dirname(self.directory)))} "
-            "--overwrite`"
+            f"rebuild the dataset with `{self.prepare_command} --overwrite`"
         )
 
 
 def open_dataset(name: str, data_dir: str) -> Dataset:
-    """The prepared dataset `name` under `data_dir`, checked against its spec (the demo builds itself)."""
-    data_spec = spec(name)
+    """The prepared dataset `name` under `data_dir` (or at the path `name`), checked against its spec or
+    its own description (a built-in demo builds itself)."""
     data_dir = os.path.expanduser(data_dir)
-    root = epath.Path(data_dir) / data_spec.tfds_name
-    if name in BUILT_IN and not _versions(root):
-        from bridgegap_jax.prepare import demo
-
-        demo.build(data_dir, name=name)
-    versions = _versions(root)
-    if not versions:
-        raise DatasetNotFoundError(
-            f"dataset {name!r} is not prepared: no {root}/<version>/dataset_info.json "
-            f"(config.data.data_dir={data_dir!r}). It needs {data_spec.downloads}; prepare it once with "
-            f"`{prepare_command(name, data_dir)}` (README, section Data), or point --config.data.data_dir at "
-            "the folder that holds it."
+    if folder.is_folder_dataset(name):
+        found, description = folder.locate(name, data_dir)
+        directory = epath.Path(found)
+        num_classes, encoding = len(description["classes"]), description["label_encoding"]
+        evaluation, command = description["evaluation"], description["command"]
+    else:
+        data_spec = spec(name)
+        num_classes, encoding = data_spec.num_classes, data_spec.label_encoding
+        evaluation = dict.fromkeys(
+            ("validation", "test"), "all" if encoding == "single_positive" else "observed"
         )
-    directory = root / versions[-1]
+        command = prepare_command(name, data_dir)
+        root = epath.Path(data_dir) / data_spec.tfds_name
+        if name in BUILT_IN and not _versions(root):
+            from bridgegap_jax.prepare import demo
+
+            demo.build(data_dir, name=name)
+        versions = _versions(root)
+        if not versions:
+            raise DatasetNotFoundError(
+                f"dataset {name!r} is not prepared: no {root}/<version>/dataset_info.json "
+                f"(config.data.data_dir={data_dir!r}). It needs {data_spec.downloads}; prepare it once with "
+                f"`{command}` (README, section Data), or point --config.data.data_dir at the folder that holds it."
+            )
+        directory = root / versions[-1]
     import tensorflow_datasets as tfds
 
     info = tfds.builder_from_directory(str(directory)).info
@@ -157,30 +197,30 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
             f"dataset {name!r} at {directory} was prepared as "
             f"{info.file_format.value if info.file_format else 'tfrecord'} "
             f"files by an older version; this one reads ArrayRecord without TensorFlow: rebuild it with "
-            f"`{prepare_command(name, data_dir)} --overwrite`"
+            f"`{command} --overwrite`"
         )
     for key in ("labels", "labels_obs"):
         shape = tuple(info.features[key].shape)
-        if shape != (data_spec.num_classes,):
+        if shape != (num_classes,):
             raise ValueError(
                 f"dataset {name!r} at {directory}: feature {key!r} has shape {shape}, expected "
-                f"({data_spec.num_classes},) for {data_spec.num_classes} classes; the prepared files are not this "
+                f"({num_classes},) for {num_classes} classes; the prepared files are not this "
                 "dataset's (re-run its prepare command, or fix config.data.name / config.data.data_dir)."
             )
     missing = [split for split in SPLITS if split not in info.splits]
     if missing:
-        raise ValueError(
-            f"{directory} has no split(s) {missing}: re-run `{prepare_command(name, data_dir)} --overwrite`"
-        )
+        raise ValueError(f"{directory} has no split(s) {missing}: re-run `{command} --overwrite`")
     return Dataset(
         name=name,
         directory=str(directory),
-        num_classes=data_spec.num_classes,
-        label_encoding=data_spec.label_encoding,
-        class_names=tuple(_class_names(directory, data_spec.num_classes)),
+        num_classes=num_classes,
+        label_encoding=encoding,
+        class_names=tuple(_class_names(directory, num_classes)),
         groups=_class_groups(directory),
         image_format=info.features["image"].encoding_format or "jpeg",
         split_sizes={split: info.splits[split].num_examples for split in SPLITS},
+        evaluation=evaluation,
+        prepare_command=command,
     )
 
 

@@ -5,11 +5,14 @@ r"""Prepare a dataset once from its official downloads into a tfds folder that t
     python -m bridgegap_jax.prepare <voc|coco|cub|nuswide> \
         --source=<folder with formatted_*_{images,labels}.npy> --images=<image root>
     python -m bridgegap_jax.prepare demo --data_dir=<tfds data_dir>
+    python -m bridgegap_jax.prepare folder --images=<image folder> --labels=<table .csv|.tsv|.jsonl> \
+        --name=<NAME> --data_dir=<tfds data_dir>      (your own data: prepare/folder.py, prepare/table.py)
 
-Writes <data_dir>/bridgegap_<name>/1.0.0/: ArrayRecord files (splits train / validation / test),
-class_names.txt, missing_<split>.tsv (rows whose image is missing or unreadable: skipped, listed,
-counted), and for OpenImages class_frequency.tsv and class_groups.npy; for the single-positive
-datasets file_rows_<split>.npy (the row of each example in its formatted file).
+Writes <data_dir>/bridgegap_<name>/1.0.0/ (folder: bridgegap_folder_<NAME>/1.0.0/): ArrayRecord
+files (splits train / validation / test), class_names.txt, missing_<split>.tsv (rows whose image is
+missing or unreadable: skipped, listed, counted), and for OpenImages class_frequency.tsv and
+class_groups.npy; for the single-positive datasets file_rows_<split>.npy (the row of each example in
+its formatted file); for a folder folder_dataset.json (its description) and splits.csv.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import sys
 import numpy as np
 
 from bridgegap_jax.datasets import catalog
-from bridgegap_jax.errors import UserError
+from bridgegap_jax.datasets.folder import NAME_RULE
+from bridgegap_jax.errors import ArgumentParser, UserError
 from bridgegap_jax.prepare import demo, formatted, openimages, single_positive, writer
+from bridgegap_jax.prepare import folder as own_data
 from bridgegap_jax.prepare.observation import observe_single_positive
 
 READERS = {"voc": formatted.read_voc, "coco": formatted.read_coco, "cub": formatted.read_cub}
@@ -171,21 +176,59 @@ def prepare_openimages(args) -> str:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m bridgegap_jax.prepare",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("name", choices=list(catalog.DATASETS))
+    parser.add_argument("name", choices=[*catalog.DATASETS, "folder"])
     parser.add_argument(
-        "--source", help="the downloads (official layout) or a formatted-npy folder (not for demo)"
+        "--source", help="the downloads (official layout) or a formatted-npy folder (not for demo, folder)"
     )
     parser.add_argument("--data_dir", required=True, help="tfds data_dir (config.data.data_dir)")
     parser.add_argument(
         "--images",
-        help="image root for a formatted-npy --source (paths in formatted_*_images.npy are relative to it)",
+        help="folder: the image folder (the table's file_name paths are relative to it); formatted-npy "
+        "--source: the image root its formatted_*_images.npy paths are relative to",
     )
-    parser.add_argument("--class_names", help="file with one class name per line (NUS-WIDE: Concepts81.txt)")
+    parser.add_argument(
+        "--class_names",
+        help="file with one class name per line (NUS-WIDE: Concepts81.txt; folder: fixes the classes and "
+        "their order, default: the table's)",
+    )
+    parser.add_argument(
+        "--labels", help="folder: the label table, .csv, .tsv or .jsonl (README, Your own data)"
+    )
+    parser.add_argument(
+        "--name",
+        dest="folder_name",
+        help=f"folder: the dataset's name ({NAME_RULE}); train it with --config.data.name=folder:NAME",
+    )
+    parser.add_argument(
+        "--label_separator",
+        default=None,
+        help="folder: between the class names of a labels cell (default '|')",
+    )
+    parser.add_argument(
+        "--validation_fraction",
+        type=float,
+        default=None,
+        help="folder, table without a split column: validation's share of the images "
+        f"(default {own_data.DEFAULT_FRACTION})",
+    )
+    parser.add_argument(
+        "--test_fraction",
+        type=float,
+        default=None,
+        help="folder, table without a split column: test's share of the images "
+        f"(default {own_data.DEFAULT_FRACTION})",
+    )
+    parser.add_argument(
+        "--split_seed",
+        type=int,
+        default=None,
+        help="folder, table without a split column: seed of the split (default 0)",
+    )
     parser.add_argument(
         "--workers", type=int, default=writer.default_workers(), help="image decoding processes"
     )
@@ -206,8 +249,23 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+FOLDER_ONLY = (
+    "labels",
+    "folder_name",
+    "label_separator",
+    "validation_fraction",
+    "test_fraction",
+    "split_seed",
+)
+
+
 def prepare(args) -> str:
     """Builds the dataset; returns its folder."""
+    if args.name == "folder":
+        return own_data.prepare(args)
+    given = [f"--{'name' if f == 'folder_name' else f}" for f in FOLDER_ONLY if getattr(args, f) is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} only apply to `prepare folder`")
     if args.name in catalog.BUILT_IN:
         return demo.build(args.data_dir, overwrite=args.overwrite, name=args.name)
     if not args.source:
@@ -225,14 +283,16 @@ def prepare(args) -> str:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        folder = prepare(args)
+        directory = prepare(args)
     except (UserError, OSError, ValueError) as error:  # the downloads or the flags: one line, no traceback
         if args.debug:
             raise
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    name = f"folder:{args.folder_name}" if args.name == "folder" else args.name
+    config = f"folder.py --config.data.name={name}" if args.name == "folder" else f"{args.name}.py"
     print(
-        f"prepared {args.name} in {folder}; train with --config=configs/{args.name}.py "
+        f"prepared {name} in {directory}; train with --config=configs/{config} "
         f"--config.data.data_dir={args.data_dir}"
     )
     return 0

@@ -1,12 +1,13 @@
 """Tiny fakes of the official download layouts, for tests and for trying `prepare` offline.
 
-    python -m bridgegap_jax.prepare.fake <voc|coco|cub|nuswide|openimages> --out DIR
+    python -m bridgegap_jax.prepare.fake <voc|coco|cub|nuswide|openimages|folder> --out DIR
 
 Each fake has a few dozen small JPEGs in the real folder layout and file formats, one listed
 image missing and one corrupt (so the manifest path is exercised), and the quirks that decide row
 order (VOC difficult-only images, COCO ids whose string order differs from their numeric order,
 a CUB attribute line with an extra field). OpenImages lists all 5,000 trainable classes (a text
 file: cheap) so the prepared fake has the real label width; annotations touch a few of them.
+`folder` is your own data (`prepare folder`): the demo's digit mosaics as image files and a table.
 `make` returns what prepare must produce, built from the generator's own truth, not the files.
 
     python -m bridgegap_jax.prepare.fake coco --out DIR --image_size 448 --num_images 1120
@@ -255,7 +256,42 @@ def make_openimages(out: str, rng, sizes=(40, 12, 12), num_classes=5000, used_cl
     return {"labels": truth, "missing": missing, "corrupt": corrupt, "mids": mids}
 
 
+def make_folder(out: str, rng) -> dict:
+    """Your own data, faked: the demo's 2,400 digit mosaics as image files in nested folders (JPEG,
+    PNG with an upper-case extension, WebP) and labels.csv in `prepare folder`'s labels layout: each
+    image's digits as positives, three digits it lacks as negatives, the rest unknown. One listed
+    image is missing and one is corrupt."""
+    import csv
+
+    from PIL import Image
+
+    from bridgegap_jax.prepare import demo
+
+    mosaics = [demo.make_mosaics(split) for split in demo.SPLIT_SIZES]
+    images = np.concatenate([m["images"] for m in mosaics])
+    labels = np.concatenate([m["labels"] for m in mosaics])
+    formats = ((".jpg", "JPEG"), (".PNG", "PNG"), (".webp", "WEBP"))
+    rows, names = [], []
+    for i, (image, full) in enumerate(zip(images, labels)):
+        extension, fmt = formats[i % len(formats)]
+        name = f"batch {i // 500}/mosaic {i:04d}{extension}"
+        os.makedirs(os.path.join(out, "images", os.path.dirname(name)), exist_ok=True)
+        Image.fromarray(image).save(os.path.join(out, "images", name), format=fmt, quality=90)
+        negatives = sorted(rng.choice(np.flatnonzero(full == 0), 3, replace=False))
+        rows.append(
+            [name] + ["|".join(demo.CLASS_NAMES[c] for c in k) for k in (np.flatnonzero(full), negatives)]
+        )
+        names.append(name)
+    _break(os.path.join(out, "images"), names[3], names[5])
+    with open(os.path.join(out, "labels.csv"), "w", newline="", encoding="utf-8") as f:
+        table = csv.writer(f)
+        table.writerow(["file_name", "labels", "negatives"])
+        table.writerows(rows)
+    return {"names": names, "labels": labels, "missing": [names[3]], "corrupt": [names[5]]}
+
+
 MAKERS = {
+    "folder": make_folder,
     "voc": make_voc,
     "coco": make_coco,
     "cub": make_cub,
@@ -305,11 +341,14 @@ def main(argv=None) -> None:
     if (args.image_size or 32) < 32 or (args.num_images or 10) < 10:
         parser.error("--image_size must be >= 32 and --num_images >= 10")
     make(args.name, args.out, args.seed, args.image_size, args.num_images)
+    if args.name == "folder":
+        source = f"--images={os.path.join(args.out, 'images')} --labels={os.path.join(args.out, 'labels.csv')} --name=digits"
+    else:
+        nuswide = " --images=" + os.path.join(args.out, "Flickr") if args.name == "nuswide" else ""
+        source = f"--source={args.out}{nuswide}"
     print(
         f"fake {args.name} download layout in {args.out}; prepare it with: python -m bridgegap_jax.prepare "
-        f"{args.name} "
-        f"--source={args.out}{' --images=' + os.path.join(args.out, 'Flickr') if args.name == 'nuswide' else ''} "
-        "--data_dir=<tfds data_dir>"
+        f"{args.name} {source} --data_dir=<tfds data_dir>"
     )
 
 

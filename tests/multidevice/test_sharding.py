@@ -164,3 +164,38 @@ def test_ghost_batch_norm_at_64_on_8_devices_equals_four_batches_of_16():
     print(f"ghost vs four batches: {error:.1e}; whole batch vs four batches: {whole_error:.1e}")
     assert error <= 1e-4 and whole_error >= 1e-2
     assert relative_error(stats, jax.device_get(updated["batch_stats"])) <= 1e-5
+
+
+def test_predict_on_8_devices_gives_the_evaluations_probabilities(
+    tiny_config, demo_data_dir, tmp_path, host_state
+):
+    """predict --split=test shards its batches over all 8 devices and pads the last one (480 = 7.5
+    batches of 64): the same probabilities as the 1-device evaluation, every image once, in order."""
+    from helpers import make_run, read_csv
+
+    from bridgegap_jax import predict
+    from bridgegap_jax.datasets import catalog
+
+    workdir = make_run(tmp_path / "run", tiny_config, variables=host_state.model_vars())
+    out = tmp_path / "test.csv"
+    summary = predict.predict(workdir, str(out), split="test")
+    dataset = catalog.open_dataset("demo", demo_data_dir)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    model, _ = tiny_model(tiny_config)
+    options = configuration.pipeline_options(tiny_config, mesh.size)
+    reader = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, "test", options), options)
+    expected, _, _ = evaluation.predict(
+        steps.jit_eval_step(model, mesh),
+        place(host_state, mesh).model_vars(),
+        (reader(i) for i in range(len(reader))),
+        mesh,
+        dataset.split_sizes["test"],
+    )
+    rows = read_csv(out)
+    got = np.array([[float(row[c]) for c in dataset.class_names] for row in rows])
+    assert summary["images"] == len(rows) == 480 and rows[0]["file_name"] == "test_000000"
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(
+        predict.PredictError, match="--batch_size=12 must be a positive multiple of the 8 devices"
+    ):
+        predict.predict(workdir, str(tmp_path / "other.csv"), split="test", batch_size=12)
