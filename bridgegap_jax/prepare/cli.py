@@ -4,7 +4,7 @@ r"""Prepare a dataset once from its official downloads into a tfds folder that t
         --source=<downloads> --data_dir=<tfds data_dir> [--workers=N] [--overwrite]
     python -m bridgegap_jax.prepare <voc|coco|cub|nuswide> \
         --source=<folder with formatted_*_{images,labels}.npy> --images=<image root>
-    python -m bridgegap_jax.prepare demo --data_dir=<tfds data_dir>
+    python -m bridgegap_jax.prepare <demo|demo_large|letters> --data_dir=<tfds data_dir>
 
 Writes <data_dir>/bridgegap_<name>/1.0.0/: ArrayRecord files (splits train / validation / test),
 class_names.txt, missing_<split>.tsv (rows whose image is missing or unreadable: skipped, listed,
@@ -22,7 +22,7 @@ import numpy as np
 
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.errors import UserError
-from bridgegap_jax.prepare import demo, formatted, openimages, single_positive, writer
+from bridgegap_jax.prepare import built_in, formatted, openimages, single_positive, writer
 from bridgegap_jax.prepare.observation import observe_single_positive
 
 READERS = {"voc": formatted.read_voc, "coco": formatted.read_coco, "cub": formatted.read_cub}
@@ -209,7 +209,7 @@ def parse_args(argv):
 def prepare(args) -> str:
     """Builds the dataset; returns its folder."""
     if args.name in catalog.BUILT_IN:
-        return demo.build(args.data_dir, overwrite=args.overwrite, name=args.name)
+        return built_in.build(args.data_dir, args.name, overwrite=args.overwrite)
     if not args.source:
         raise UserError(
             f"{args.name} is prepared from its downloads: give --source=<folder> (README, section Data)"
