@@ -110,9 +110,9 @@ def lr_schedule(
 
 
 OPTIMIZERS = ("adam", "lamb", "lars")
-# None in config.train.weight_decay: the optimizer's paper value. Adam: none (the protocol). LAMB:
-# 0.01 (You et al. 2020). LARS: 1e-4, the ImageNet ResNet-50 value (Goyal et al. 2017) that LARS's
-# ResNet runs build on (You et al. 2017). Decoupled: added to the update, kernels only.
+# None in config.train.weight_decay: the optimizer's usual value. Adam: none (the protocol). LAMB:
+# 0.01 (You et al. 2020). LARS: 1e-4, the usual ImageNet ResNet-50 weight decay (Goyal et al. 2017).
+# Decoupled: added to the update, on kernels only.
 WEIGHT_DECAY = {"adam": 0.0, "lamb": 0.01, "lars": 1e-4}
 LARS_TRUST_COEFFICIENT = 0.001  # eta of You et al. 2017: each kernel moves by ~ lr x eta x |w| / |g| x g
 LARS_MOMENTUM = 0.9

@@ -5,8 +5,9 @@ glyph each in its own tile: a 24x24 alpha mask of that class, placed at a random
 tile, in a random bright colour on a random dark background, with mild Gaussian noise. What is drawn
 is a `MosaicSet`'s: its classes and, per split, its bank of glyphs (the demo's handwritten digits,
 prepare/demo.py; the letters of the source task, prepare/letters.py). The splits draw on disjoint
-glyph banks and everything is seeded, so a rebuild is byte-identical (with the same library
-versions). Written by the same writer as every prepared dataset, images as PNG.
+glyph banks and everything is seeded, so a rebuild writes the same records, PNG bytes and labels
+(with the same library versions; the ArrayRecord files around them may differ). Written by the
+same writer as every prepared dataset, images as PNG.
 """
 
 from __future__ import annotations
