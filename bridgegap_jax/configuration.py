@@ -146,6 +146,25 @@ def check(config: ml_collections.ConfigDict) -> None:
         "must be > 0",
     )
     _require(
+        train.optimizer in steps.OPTIMIZERS,
+        "train.optimizer",
+        train.optimizer,
+        f"must be one of {', '.join(steps.OPTIMIZERS)}",
+    )
+    _require(
+        train.weight_decay is None or (_is_number(train.weight_decay) and train.weight_decay >= 0),
+        "train.weight_decay",
+        train.weight_decay,
+        "must be >= 0, or None for the optimizer's paper value",
+    )
+    _require(
+        train.optimizer != "adam" or not train.weight_decay,
+        "train.weight_decay",
+        train.weight_decay,
+        "adam trains without weight decay (the protocol): leave it None, or choose "
+        "--config.train.optimizer=lamb or lars",
+    )
+    _require(
         train.nonfinite in NONFINITE_POLICIES,
         "train.nonfinite",
         train.nonfinite,
@@ -230,9 +249,12 @@ def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
 
 
 def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
-    """Adam with the config's schedule; `steps_per_epoch` turns its epochs into steps (any value will
-    do where only the optimizer's structure matters, as for a restore target)."""
-    return steps.make_optimizer(lr_schedule(config, steps_per_epoch), config.train.head_lr_mult)
+    """The config's optimizer with its schedule; `steps_per_epoch` turns its epochs into steps (any
+    value will do where only the optimizer's structure matters, as for a restore target)."""
+    t = config.train
+    return steps.make_optimizer(
+        lr_schedule(config, steps_per_epoch), t.head_lr_mult, t.optimizer, t.weight_decay
+    )
 
 
 def scheme(config: ml_collections.ConfigDict, dataset: catalog.Dataset) -> schemes.Scheme:

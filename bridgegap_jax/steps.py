@@ -109,13 +109,64 @@ def lr_schedule(
     return optax.constant_schedule(peak)
 
 
-def make_optimizer(lr: float | optax.Schedule, head_lr_mult: float) -> optax.GradientTransformation:
-    """Adam without weight decay; the CAM head at head_lr_mult x lr, as the reference's 10x. The step
-    count of a schedule lives in the optimizer state, so a resumed run continues it exactly."""
+OPTIMIZERS = ("adam", "lamb", "lars")
+# None in config.train.weight_decay: the optimizer's usual value. Adam: none (the protocol). LAMB:
+# 0.01 (You et al. 2020). LARS: 1e-4, the usual ImageNet ResNet-50 weight decay (Goyal et al. 2017).
+# Decoupled: added to the update, on kernels only.
+WEIGHT_DECAY = {"adam": 0.0, "lamb": 0.01, "lars": 1e-4}
+LARS_TRUST_COEFFICIENT = 0.001  # eta of You et al. 2017: each kernel moves by ~ lr x eta x |w| / |g| x g
+LARS_MOMENTUM = 0.9
+
+
+def is_kernel(params):
+    """True for convolution kernels (trunk and head), False for BatchNorm scales and biases and the
+    head's bias: the layer-wise optimizers leave those out of weight decay and the trust ratio, as
+    both papers' implementations do (a norm ratio means little for a vector of offsets)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def make_optimizer(
+    lr: float | optax.Schedule,
+    head_lr_mult: float,
+    optimizer: str = "adam",
+    weight_decay: float | None = None,
+) -> optax.GradientTransformation:
+    """`optimizer` (adam | lamb | lars) at the schedule `lr`, the CAM head at head_lr_mult x lr (the
+    reference's 10x). Adam is the protocol's, without weight decay. LAMB (You et al. 2020) is Adam
+    (the protocol's betas, LAMB's eps 1e-6) whose update of each kernel, weight decay added, is
+    rescaled to |w| / |update|; LARS (You et al. 2017) is momentum-0.9 SGD whose step on each kernel,
+    weight decay added, is rescaled by the trust ratio eta |w| / |g| (eta 0.001). Both step the
+    BatchNorm parameters and biases as plain Adam / momentum SGD at the same lr. The step count of
+    a schedule lives in the optimizer state, so a resumed run continues it exactly."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"config.train.optimizer={optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    decay = WEIGHT_DECAY[optimizer] if weight_decay is None else weight_decay
+    if optimizer == "adam" and decay:
+        raise ValueError("config.train.weight_decay: adam trains without weight decay (the protocol)")
     schedule = lr if callable(lr) else optax.constant_schedule(lr)
 
     def adam(rate):
         return optax.adam(rate, b1=0.9, b2=0.999, eps=1e-8)
+
+    def lamb(rate):
+        return optax.chain(
+            optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+            optax.add_decayed_weights(decay, mask=is_kernel),
+            optax.masked(optax.scale_by_trust_ratio(), is_kernel),
+            optax.scale_by_learning_rate(rate),
+        )
+
+    def lars(rate):
+        return optax.lars(
+            rate,
+            weight_decay=decay,
+            weight_decay_mask=is_kernel,
+            trust_coefficient=LARS_TRUST_COEFFICIENT,
+            trust_ratio_mask=is_kernel,
+            momentum=LARS_MOMENTUM,
+        )
+
+    build = {"adam": adam, "lamb": lamb, "lars": lars}[optimizer]
 
     def labels(params):
         return {
@@ -124,7 +175,7 @@ def make_optimizer(lr: float | optax.Schedule, head_lr_mult: float) -> optax.Gra
         }
 
     head = lambda count: head_lr_mult * schedule(count)  # noqa: E731
-    return optax.multi_transform({"trunk": adam(schedule), "head": adam(head)}, labels)
+    return optax.multi_transform({"trunk": build(schedule), "head": build(head)}, labels)
 
 
 def initial_state(
@@ -170,7 +221,7 @@ def train_step(
     loss_fn: LossFn,
     halt_on_nonfinite: bool = True,
 ) -> tuple[TrainState, dict, jax.Array]:
-    """One step: forward (BoostLU inside the model), the scheme's loss, backward, Adam.
+    """One step: forward (BoostLU inside the model), the scheme's loss, backward, the optimizer.
 
     Returns the new state, scalar metrics, and the (B, C) entries the loss selected. A step whose
     loss or gradient norm is not finite changes nothing but the step and skip counters, so a

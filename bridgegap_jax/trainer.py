@@ -76,7 +76,7 @@ class Trainer:
             state = steps.create_state(
                 self.model, self.tx, self.config.data.image_size, self.config.seed, self.mesh
             )
-            if self.config.model.pretrained:  # the trunk only; Adam's zero state needs no change
+            if self.config.model.pretrained:  # the trunk only; the optimizer's zero state needs no change
                 variables = pretrained.load_pretrained_trunk(self.config.model.pretrained, state.model_vars())
                 state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
             progress = {

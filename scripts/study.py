@@ -4,12 +4,17 @@
                                     # full labels, and LL-R + BoostLU in bfloat16 (configs/demo.py)
     python scripts/study.py batch   # large-batch recipes at global batch 16 / 128 / 512 (configs/demo_large.py)
     python scripts/study.py batch --only b16,b512-groups16-32ep   # some entries of a grid
+    python scripts/study.py finetune        # the demo's variants fine-tuned from the letters trunk and
+                                            # from scratch (configs/demo_finetune.py)
+    python scripts/study.py finetune_batch  # large-batch recipes at 16 / 128 / 512 / 2048, fine-tuning
+                                            # the width-8 letters trunk (configs/demo_large_finetune.py)
 
 Options: --runs DIR (default runs/study_<grid>), --seeds 0,1,2, --only NAME[,NAME] (grid entries),
 --list (print the runs and exit), and any --config.a.b=value, passed to every run (e.g. a
 data_dir). Each run is `python -m bridgegap_jax.main` in RUNS/<entry>_s<seed>; a finished run is
 only reported and an interrupted one resumes, so rerunning the command continues the study.
-The table is `python -m bridgegap_jax.report --seeds` of the runs.
+The table is `python -m bridgegap_jax.report --seeds` of the runs. A grid that fine-tunes needs its
+config's converted trunk (model.pretrained); without it the study stops before training anything.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/ (and the package, where it is not installed)
 
 # name -> --config overrides
 DEMO = {
@@ -55,7 +61,85 @@ def batch_grid() -> dict:
     return grid
 
 
-GRIDS = {"demo": ("configs/demo.py", DEMO), "batch": ("configs/demo_large.py", batch_grid())}
+def finetune_grid() -> dict:
+    """The demo's table in the fine-tuning regime: full labels, AN, LL-R, AN + BoostLU, LL-R + BoostLU,
+    each fine-tuned from the letters trunk (configs/demo_finetune.py) and trained from scratch as
+    configs/demo.py does (no trunk, the demo's lr)."""
+    from configs import demo
+
+    variants = {name: DEMO[name] for name in ("full-labels", "an", "ll-r", "an+boostlu", "ll-r+boostlu")}
+    scratch = {"model.pretrained": "", "train.lr": demo.get_config().train.lr}
+    grid = {f"{name}-pretrained": overrides for name, overrides in variants.items()}
+    grid.update({f"{name}-scratch": {**overrides, **scratch} for name, overrides in variants.items()})
+    return grid
+
+
+# A layer-wise optimizer's lr relative to the config's Adam lr, for the same first steps: Adam moves
+# every weight by ~lr, LAMB every kernel by ~lr x its rms (~0.1 in these trunks: 10x), LARS by
+# ~lr x 0.001 x its rms (1000x more). A starting point for the sweep, not a tuned value.
+LAYER_WISE_LR = {"lamb": 10.0, "lars": 10_000.0}
+
+
+def finetune_batch_grid() -> dict:
+    """Batch 16 (the protocol; and with cosine decay, to see what decay alone does), then at batch
+    128, 512 and 2048 in the same 8 epochs (8x, 32x, 128x fewer steps): the same lr; sqrt and linear
+    scaling with one epoch of warm-up; each with cosine decay; sqrt and linear with decay, BatchNorm
+    statistics and large-loss ranking in groups of 16; LAMB and LARS (sqrt scaling, as LAMB's
+    paper) with warm-up, decay and the groups."""
+    from configs import demo_large_finetune
+
+    lr = demo_large_finetune.get_config().train.lr
+    grid = {"b16": {"train.batch_size": 16}, "b16-cos": {"train.batch_size": 16, "train.lr_decay": "cosine"}}
+    groups = {"model.bn_group_size": 16, "loss.group_size": 16}
+    for batch in (128, 512, 2048):
+        warm = {"train.batch_size": batch, "train.warmup_epochs": 1.0}
+        cos = {**warm, "train.lr_decay": "cosine"}
+        grid[f"b{batch}-naive"] = {"train.batch_size": batch}
+        for scaling in ("sqrt", "linear"):
+            grid[f"b{batch}-{scaling}"] = {**warm, "train.lr_scaling": scaling}
+            grid[f"b{batch}-{scaling}-cos"] = {**cos, "train.lr_scaling": scaling}
+            grid[f"b{batch}-{scaling}-cos-groups16"] = {**cos, "train.lr_scaling": scaling, **groups}
+        for optimizer, factor in LAYER_WISE_LR.items():
+            grid[f"b{batch}-{optimizer}-sqrt-cos-groups16"] = {
+                **cos,
+                "train.lr_scaling": "sqrt",
+                **groups,
+                "train.optimizer": optimizer,
+                "train.lr": lr * factor,
+            }
+    return grid
+
+
+# name -> (config, entries)
+GRIDS = {
+    "demo": ("configs/demo.py", lambda: DEMO),
+    "batch": ("configs/demo_large.py", batch_grid),
+    "finetune": ("configs/demo_finetune.py", finetune_grid),
+    "finetune_batch": ("configs/demo_large_finetune.py", finetune_batch_grid),
+}
+# How the trunk a fine-tuning grid needs is made (README, "A pretrained trunk made offline").
+TRUNK_COMMAND = (
+    "python -m bridgegap_jax.main --config=configs/letters.py --config.model.width={width} "
+    "--workdir=~/bridgegap_weights/source_runs/letters_resnet18_w{width}, then export and convert its "
+    'trunk to {path} (README, "A pretrained trunk made offline")'
+)
+
+
+def missing_trunk(config_file: str, entries: list[dict]) -> str | None:
+    """The error for a grid whose entries start from the config's trunk when it is not converted yet."""
+    from bridgegap_jax import pretrained
+
+    module = __import__(config_file[:-3].replace("/", "."), fromlist=["get_config"])
+    config = module.get_config()
+    path = config.model.pretrained
+    if not path or all(entry.get("model.pretrained", path) == "" for entry in entries):
+        return None
+    if os.path.isdir(os.path.join(os.path.expanduser(path), pretrained.VARIABLES_ITEM)):
+        return None
+    return (
+        f"{config_file} fine-tunes the converted trunk {path}, which is not there: make it with "
+        + TRUNK_COMMAND.format(width=config.model.width, path=path)
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -73,11 +157,17 @@ def main(argv: list[str]) -> int:
         parser.error(
             f"unrecognized arguments: {' '.join(unknown)} (config overrides look like --config.a.b=value)"
         )
-    config, grid = GRIDS[args.grid]
+    config, make_grid = GRIDS[args.grid]
+    grid = make_grid()
     names = [n for n in args.only.split(",") if n] or list(grid)
     missing = [n for n in names if n not in grid]
     if missing:
         parser.error(f"--only: {', '.join(missing)} not in the grid ({', '.join(grid)})")
+    if not args.list:
+        problem = missing_trunk(config, [grid[n] for n in names])
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     runs = args.runs or os.path.join("runs", f"study_{args.grid}")
     seeds = [int(s) for s in args.seeds.split(",")]
     workdirs = []

@@ -1,12 +1,15 @@
-"""The offline `bridgegap_demo` dataset: determinism, splits, labels, and the round trip through the
-writer and tfds."""
+"""The built-in datasets: the demo (determinism, splits, labels, the round trip through the writer
+and tfds) and the letters of the source task."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
 from bridgegap_jax import images
 from bridgegap_jax.datasets import catalog
-from bridgegap_jax.prepare import demo
+from bridgegap_jax.prepare import built_in, demo, letters
+from bridgegap_jax.prepare import mosaics as mosaic_builder  # `mosaics` is the demo's fixture
 
 SPLITS = ("train", "validation", "test")
 
@@ -64,3 +67,43 @@ def test_round_trip_through_the_prepared_dataset(tmp_path, mosaics):
             np.stack([images.decode(r["image"], method) for r in rows]), want["images"]
         )
     assert rows[5]["image_id"].decode() == want["image_id"][5]
+
+
+# --- the letters (source task), drawn by the same mosaic builder ----------------------------------
+
+
+def test_every_built_in_dataset_is_in_the_catalog_with_its_classes():
+    assert set(built_in.SETS) == set(catalog.BUILT_IN)
+    for name, mosaic_set in built_in.SETS.items():
+        assert catalog.spec(name).num_classes == mosaic_set.num_classes
+
+
+def test_letters_render_deterministically_and_the_splits_share_no_glyph():
+    again = letters.letter_glyphs.__wrapped__("validation")  # rendered anew, not the cached bank
+    for cached, fresh in zip(letters.letter_glyphs("validation"), again):
+        np.testing.assert_array_equal(cached, fresh)
+    assert [len(b) for b in again] == [letters.GLYPHS_PER_CLASS["validation"]] * 26
+    for bank in again:
+        assert bank.shape[1:] == (24, 24) and 0 <= bank.min() and bank.max() <= 1
+        assert np.all(bank.reshape(len(bank), -1).max(1) > 0.9)  # every glyph drawn
+    seen = {g.tobytes() for bank in letters.letter_glyphs("test") for g in bank}
+    assert not seen & {g.tobytes() for bank in again for g in bank}
+
+
+def test_letters_round_trip_with_full_labels_on_every_split(tmp_path):
+    small = dataclasses.replace(letters.LETTERS, sizes={"train": 40, "validation": 16, "test": 16})
+    mosaic_builder.build(small, str(tmp_path))
+    dataset = catalog.open_dataset("letters", str(tmp_path))
+    assert dataset.class_names == letters.CLASS_NAMES and dataset.split_sizes == small.sizes
+    for split in SPLITS:
+        want = mosaic_builder.make_mosaics(
+            letters.LETTERS, split, small.sizes[split]
+        )  # the first of the full split
+        rows = dataset.source(split).__getitems__(list(range(small.sizes[split])))
+        labels = np.stack([r["labels"] for r in rows])
+        np.testing.assert_array_equal(labels, want["labels"])
+        np.testing.assert_array_equal(np.stack([r["labels_obs"] for r in rows]), labels)
+        assert 1 <= labels.sum(1).min() and labels.sum(1).max() <= 4
+        np.testing.assert_array_equal(
+            np.stack([images.decode(r["image"], "bilinear") for r in rows]), want["images"]
+        )

@@ -80,6 +80,26 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path,
         assert [r["step"] for r in records if r["kind"] == "train"] == list(range(5, 51, 5))
 
 
+@pytest.mark.parametrize("optimizer,lr", [("lamb", 1e-2), ("lars", 0.1)])
+def test_each_layer_wise_optimizer_resumes_bit_identically(tiny_config, tmp_path, monkeypatch, optimizer, lr):
+    """Its state (moments or momentum, and the schedule's step) continues exactly: one epoch with a
+    warm-up and cosine decay, stopped at step 13 (resumes from 10). Adam: the test above."""
+    c = tiny_config
+    c.train.optimizer, c.train.lr, c.train.num_epochs = optimizer, lr, 1
+    c.train.warmup_epochs, c.train.lr_decay = 0.6, "cosine"
+    whole = trainer.train_and_evaluate(c, str(tmp_path / "whole"))
+    interrupt_after(monkeypatch, 13)
+    with pytest.raises(Interrupted):
+        trainer.train_and_evaluate(c, str(tmp_path / "split"))
+    monkeypatch.undo()
+    resumed = trainer.train_and_evaluate(c, str(tmp_path / "split"))
+    assert resumed["test_map"] == whole["test_map"] and resumed["test_loss"] == whole["test_loss"]
+    (_, a), (_, b) = latest_checkpoint(str(tmp_path / "whole")), latest_checkpoint(str(tmp_path / "split"))
+    for part in ("params", "batch_stats", "opt_state"):
+        jax.tree.map(np.testing.assert_array_equal, a["train"][part], b["train"][part])
+    assert a["train"]["skipped_steps"] == 0
+
+
 def test_a_workdir_refuses_another_config(tiny_config, tmp_path):
     run_dir = rundir.RunDir(str(tmp_path))
     run_dir.store_config(json.loads(tiny_config.to_json_best_effort()))

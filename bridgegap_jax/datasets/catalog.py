@@ -35,6 +35,9 @@ DATASETS = {
     "demo_large": DatasetSpec(
         "bridgegap_demo_large", 10, "single_positive", "nothing: 8x the demo's mosaics"
     ),
+    "letters": DatasetSpec(
+        "bridgegap_letters", 26, "single_positive", "nothing: letters drawn with Pillow's bundled fonts"
+    ),
     "voc": DatasetSpec("bridgegap_voc", 20, "single_positive", "VOCtrainval_11-May-2012.tar (VOC 2012)"),
     "coco": DatasetSpec(
         "bridgegap_coco",
@@ -57,7 +60,8 @@ DATASETS = {
     ),
 }
 
-BUILT_IN = ("demo", "demo_large")  # made from scikit-learn's digits when first used: nothing to download
+# Drawn when first used (prepare/built_in.py), nothing to download: digits from scikit-learn, letters.
+BUILT_IN = ("demo", "demo_large", "letters")
 
 # Which stored value means "unobserved" in each label encoding.
 UNOBSERVED_VALUE = {"single_positive": 0, "partial": -1}
@@ -178,9 +182,9 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
         command = prepare_command(name, data_dir)
         root = epath.Path(data_dir) / data_spec.tfds_name
         if name in BUILT_IN and not _versions(root):
-            from bridgegap_jax.prepare import demo
+            from bridgegap_jax.prepare import built_in
 
-            demo.build(data_dir, name=name)
+            built_in.build(data_dir, name)
         versions = _versions(root)
         if not versions:
             raise DatasetNotFoundError(

@@ -4,7 +4,7 @@ r"""Prepare a dataset once from its official downloads into a tfds folder that t
         --source=<downloads> --data_dir=<tfds data_dir> [--workers=N] [--overwrite]
     python -m bridgegap_jax.prepare <voc|coco|cub|nuswide> \
         --source=<folder with formatted_*_{images,labels}.npy> --images=<image root>
-    python -m bridgegap_jax.prepare demo --data_dir=<tfds data_dir>
+    python -m bridgegap_jax.prepare <demo|demo_large|letters> --data_dir=<tfds data_dir>
     python -m bridgegap_jax.prepare folder --images=<image folder> --labels=<table .csv|.tsv|.jsonl> \
         --name=<NAME> --data_dir=<tfds data_dir>      (your own data: prepare/folder.py, prepare/table.py)
 
@@ -26,7 +26,7 @@ import numpy as np
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.datasets.folder import NAME_RULE
 from bridgegap_jax.errors import ArgumentParser, UserError
-from bridgegap_jax.prepare import demo, formatted, openimages, single_positive, writer
+from bridgegap_jax.prepare import built_in, formatted, openimages, single_positive, writer
 from bridgegap_jax.prepare import folder as own_data
 from bridgegap_jax.prepare.observation import observe_single_positive
 
@@ -267,7 +267,7 @@ def prepare(args) -> str:
     if given:
         raise UserError(f"{', '.join(given)} only apply to `prepare folder`")
     if args.name in catalog.BUILT_IN:
-        return demo.build(args.data_dir, overwrite=args.overwrite, name=args.name)
+        return built_in.build(args.data_dir, args.name, overwrite=args.overwrite)
     if not args.source:
         raise UserError(
             f"{args.name} is prepared from its downloads: give --source=<folder> (README, section Data)"

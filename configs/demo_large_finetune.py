@@ -1,0 +1,16 @@
+"""demo_large in the paper's regime: fine-tune the width-8 letters trunk (Adam, the head at 10x).
+
+configs/demo_large.py (ResNet-18 at width 8, 8 epochs) started from the trunk of
+`configs/letters.py --config.model.width=8`, exported and converted as a torchvision file is
+(README, "A pretrained trunk made offline"). `python scripts/study.py finetune_batch` trains the
+large-batch grid on it.
+"""
+
+from configs import demo_large
+
+
+def get_config():
+    config = demo_large.get_config()
+    config.model.pretrained = "~/bridgegap_weights/letters_resnet18_w8"  # the converted letters trunk
+    config.train.lr = 1e-4  # PLACEHOLDER, set by the sweep in README
+    return config
