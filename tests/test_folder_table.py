@@ -280,7 +280,7 @@ def test_configs_folder_needs_the_dataset_named_and_checks_it():
     for name, expected in (
         ("", "config.data.name='': is not set: give one of demo"),  # configs/folder.py leaves it to the user
         ("folder:My-Data", "the NAME of folder:NAME: 'My-Data' is not a dataset name"),
-        ("vocc", "must be one of demo, demo_large, voc, coco, nuswide, cub, openimages, folder:NAME"),
+        ("vocc", f"must be one of {', '.join(catalog.DATASETS)}, folder:NAME"),
     ):
         config.data.name = name
         with pytest.raises(configuration.ConfigError, match=expected):
