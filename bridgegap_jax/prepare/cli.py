@@ -6,7 +6,8 @@ r"""Prepare a dataset once from its official downloads into a tfds folder that t
         --source=<folder with formatted_*_{images,labels}.npy> --images=<image root>
     python -m bridgegap_jax.prepare <demo|demo_large|letters> --data_dir=<tfds data_dir>
     python -m bridgegap_jax.prepare folder --images=<image folder> --labels=<table .csv|.tsv|.jsonl> \
-        --name=<NAME> --data_dir=<tfds data_dir>      (your own data: prepare/folder.py, prepare/table.py)
+        --name=<NAME> --data_dir=<tfds data_dir>
+        (your own data: prepare/folder.py, prepare/table.py)
 
 Writes <data_dir>/bridgegap_<name>/1.0.0/ (folder: bridgegap_folder_<NAME>/1.0.0/): ArrayRecord
 files (splits train / validation / test), class_names.txt, missing_<split>.tsv (rows whose image is
