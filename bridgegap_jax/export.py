@@ -10,8 +10,13 @@ inverse of `pretrained`'s key map (`pretrained.torch_name`), with every BatchNor
 to compute the same probabilities: alpha, class_names (JSON), image_size, resize, mean and std
 (JSON, of RGB in [0, 1]), depth, width. README, "Your own data", has the PyTorch code.
 
-torchvision builds only width-64 ResNets, so the command refuses a narrower run (the library
-functions below take any width and depth: a narrow trunk goes back into `pretrained`).
+    python -m bridgegap_jax.export --workdir=runs/NAME --out=trunk.safetensors --trunk_only
+
+`--trunk_only` writes the trunk alone, as torchvision's ImageNet files hold it (without the
+classifier), for `python -m bridgegap_jax.pretrained` to convert into the start of another run:
+this is how a trunk trained here becomes a pretrained trunk, exactly as torchvision's file does.
+torchvision builds only width-64 ResNets, so a whole-model export of a narrower run is refused;
+a trunk-only export of any width is allowed, because `pretrained` reads any width.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from bridgegap_jax.safetensors_file import write_safetensors
 
 __all__ = ["torchvision_state_dict", "write_safetensors", "export"]
 TORCHVISION_WIDTH = 64
+TRUNK_METADATA = ("depth", "width", "dataset", "run", "best_step", "trained_dtype")
 
 
 class ExportError(UserError, ValueError):
@@ -78,21 +84,28 @@ def metadata(run: trained_run.Run, class_names) -> dict[str, str]:
     }
 
 
-def export(workdir: str, out: str, *, data_dir: str | None = None, overwrite: bool = False) -> dict:
-    """Writes `out` from the run's best checkpoint; returns its metadata."""
+def export(
+    workdir: str, out: str, *, data_dir: str | None = None, overwrite: bool = False, trunk_only: bool = False
+) -> dict:
+    """Writes `out` from the run's best checkpoint (the trunk alone with `trunk_only`); returns its
+    metadata."""
     run = trained_run.open_run(workdir)
-    if run.config.model.width != TORCHVISION_WIDTH:
+    if run.config.model.width != TORCHVISION_WIDTH and not trunk_only:
         raise ExportError(
             f"{workdir} trained a ResNet of width {run.config.model.width} (config.model.width), and "
             f"torchvision builds only width {TORCHVISION_WIDTH}, so PyTorch could not load the file; export "
-            f"a run trained with --config.model.width={TORCHVISION_WIDTH}"
+            f"a run trained with --config.model.width={TORCHVISION_WIDTH} (or pass --trunk_only to write the trunk "
+            "alone for `python -m bridgegap_jax.pretrained`)"
         )
     if os.path.exists(os.path.expanduser(out)) and not overwrite:
         raise ExportError(f"--out={out} exists; choose another --out, or pass --overwrite to replace it")
-    dataset = trained_run.open_dataset(run, data_dir)  # the class names
     _, variables = trained_run.restore(run, sharding.make_mesh())
-    info = metadata(run, dataset.class_names)
-    write_safetensors(out, torchvision_state_dict(variables), info, overwrite=overwrite)
+    if trunk_only:  # no classes: the dataset is not needed
+        info = {key: value for key, value in metadata(run, ()).items() if key in TRUNK_METADATA}
+        info["format"] = "bridgegap_jax: a torchvision ResNet trunk (no classifier), for bridgegap_jax.pretrained"
+    else:
+        info = metadata(run, trained_run.open_dataset(run, data_dir).class_names)
+    write_safetensors(out, torchvision_state_dict(variables, trunk_only=trunk_only), info, overwrite=overwrite)
     return info
 
 
@@ -105,17 +118,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data_dir", help="where the run's dataset is prepared (default: the run's data_dir)"
     )
+    parser.add_argument(
+        "--trunk_only",
+        action="store_true",
+        help="write the trunk alone (any width), for python -m bridgegap_jax.pretrained to convert",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it reads
     try:
-        info = export(args.workdir, args.out, data_dir=args.data_dir, overwrite=args.overwrite)
+        info = export(
+            args.workdir, args.out, data_dir=args.data_dir, overwrite=args.overwrite, trunk_only=args.trunk_only
+        )
     except (UserError, OSError) as error:
         if args.debug:
             raise
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    if args.trunk_only:
+        print(
+            f"wrote {args.out}: the ResNet-{info['depth']} trunk (width {info['width']}) under torchvision's "
+            f"names, from the best checkpoint of {args.workdir} (step {info['best_step']}); convert it with "
+            f"`python -m bridgegap_jax.pretrained --source={args.out} --out=DIR`"
+        )
+        return 0
     print(
         f"wrote {args.out}: the ResNet-{info['depth']} trunk under torchvision's names and the CAM head for "
         f"{info['num_classes']} classes, from the best checkpoint of {args.workdir} (step "

@@ -13,8 +13,9 @@ Options: --runs DIR (default runs/study_<grid>), --seeds 0,1,2, --only NAME[,NAM
 --list (print the runs and exit), and any --config.a.b=value, passed to every run (e.g. a
 data_dir). Each run is `python -m bridgegap_jax.main` in RUNS/<entry>_s<seed>; a finished run is
 only reported and an interrupted one resumes, so rerunning the command continues the study.
-The table is `python -m bridgegap_jax.report --seeds` of the runs. A grid that fine-tunes needs its
-config's converted trunk (model.pretrained); without it the study stops before training anything.
+The table is `python -m bridgegap_jax.report --seeds` of the runs. A grid that fine-tunes starts
+from its config's converted trunk (model.pretrained); a missing one is made first, once, by
+scripts/letters_trunk.py (train the letters, export the trunk, convert it).
 """
 
 from __future__ import annotations
@@ -117,16 +118,12 @@ GRIDS = {
     "finetune": ("configs/demo_finetune.py", finetune_grid),
     "finetune_batch": ("configs/demo_large_finetune.py", finetune_batch_grid),
 }
-# How the trunk a fine-tuning grid needs is made (README, "A pretrained trunk made offline").
-TRUNK_COMMAND = (
-    "python -m bridgegap_jax.main --config=configs/letters.py --config.model.width={width} "
-    "--workdir=~/bridgegap_weights/source_runs/letters_resnet18_w{width}, then export and convert its "
-    'trunk to {path} (README, "A pretrained trunk made offline")'
-)
 
 
-def missing_trunk(config_file: str, entries: list[dict]) -> str | None:
-    """The error for a grid whose entries start from the config's trunk when it is not converted yet."""
+def trunk_command(config_file: str, entries: list[dict], passthrough: list[str]) -> list[str] | None:
+    """The command that makes the converted trunk a fine-tuning grid starts from, if it is missing
+    (scripts/letters_trunk.py: train the letters, export, convert; README, "A pretrained trunk made
+    offline"); None when the trunk is there or no entry needs it."""
     from bridgegap_jax import pretrained
 
     module = __import__(config_file[:-3].replace("/", "."), fromlist=["get_config"])
@@ -136,10 +133,9 @@ def missing_trunk(config_file: str, entries: list[dict]) -> str | None:
         return None
     if os.path.isdir(os.path.join(os.path.expanduser(path), pretrained.VARIABLES_ITEM)):
         return None
-    return (
-        f"{config_file} fine-tunes the converted trunk {path}, which is not there: make it with "
-        + TRUNK_COMMAND.format(width=config.model.width, path=path)
-    )
+    weights = os.path.dirname(os.path.expanduser(path).rstrip("/"))
+    data_dir = [flag for flag in passthrough if flag.startswith("--config.data.data_dir=")]
+    return ["scripts/letters_trunk.py", f"--width={config.model.width}", f"--weights={weights}", *data_dir]
 
 
 def main(argv: list[str]) -> int:
@@ -163,11 +159,14 @@ def main(argv: list[str]) -> int:
     missing = [n for n in names if n not in grid]
     if missing:
         parser.error(f"--only: {', '.join(missing)} not in the grid ({', '.join(grid)})")
-    if not args.list:
-        problem = missing_trunk(config, [grid[n] for n in names])
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
+    make_trunk = trunk_command(config, [grid[n] for n in names], passthrough)
+    if make_trunk and args.list:
+        print("python " + " ".join(make_trunk) + "   # the missing trunk, made first")
+    elif make_trunk:  # made on demand, once: later studies find it
+        print(f"{config} starts from a trunk that is not there yet: python {' '.join(make_trunk)}", flush=True)
+        done = subprocess.run([sys.executable, *make_trunk], cwd=ROOT)
+        if done.returncode != 0:
+            return done.returncode
     runs = args.runs or os.path.join("runs", f"study_{args.grid}")
     seeds = [int(s) for s in args.seeds.split(",")]
     workdirs = []

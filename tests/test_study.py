@@ -1,4 +1,4 @@
-"""scripts/study.py: the fine-tuning grids list their runs, and stop at once without their trunk."""
+"""scripts/study.py: the fine-tuning grids list their runs, and the command that makes a missing trunk first."""
 
 import os
 
@@ -10,7 +10,7 @@ def test_the_fine_tuning_grids_list_their_runs_without_a_trunk(tmp_path):
         "scripts/study.py", "finetune_batch", "--list", "--seeds=0", env={**os.environ, "HOME": str(tmp_path)}
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = done.stdout.splitlines()[1:]  # after the command that makes the trunk
     assert len(lines) == 2 + 3 * 9 and all(
         "--config=configs/demo_large_finetune.py" in line for line in lines
     )
@@ -18,12 +18,15 @@ def test_the_fine_tuning_grids_list_their_runs_without_a_trunk(tmp_path):
     assert "--config.train.optimizer=lamb" in lamb and "--config.train.lr_scaling=sqrt" in lamb
 
 
-def test_a_fine_tuning_grid_without_its_trunk_stops_naming_the_command(tmp_path):
+def test_a_fine_tuning_grid_without_its_trunk_makes_it_first(tmp_path):
     home = {**os.environ, "HOME": str(tmp_path)}  # no ~/bridgegap_weights there
-    runs = tmp_path / "runs"
-    message = one_line_error(run("scripts/study.py", "finetune", f"--runs={runs}", env=home))
-    assert "~/bridgegap_weights/letters_resnet18_w16" in message
-    assert "python -m bridgegap_jax.main --config=configs/letters.py --config.model.width=16" in message
-    assert not runs.exists()  # nothing trained
+    listed = run("scripts/study.py", "finetune", "--list", "--seeds=0", "--config.data.data_dir=/d", env=home)
+    assert listed.returncode == 0, listed.stderr
+    first = listed.stdout.splitlines()[0]
+    weights = os.path.join(str(tmp_path), "bridgegap_weights")
+    assert first.startswith(
+        f"python scripts/letters_trunk.py --width=16 --weights={weights} --config.data.data_dir=/d"
+    )
     scratch = run("scripts/study.py", "finetune", "--only=an-scratch", "--list", env=home)
+    assert "letters_trunk" not in scratch.stdout  # no entry of it needs the trunk
     assert "--config.model.pretrained= " in scratch.stdout and "--config.train.lr=0.001" in scratch.stdout
