@@ -8,6 +8,8 @@
                                             # from scratch (configs/demo_finetune.py)
     python scripts/study.py finetune_batch  # large-batch recipes at 16 / 128 / 512 / 2048, fine-tuning
                                             # the width-8 letters trunk (configs/demo_large_finetune.py)
+    python scripts/study.py finetune_lr --seeds 0        # the fine-tuning lr sweeps of those two configs
+    python scripts/study.py finetune_batch_lr --seeds 0
 
 Options: --runs DIR (default runs/study_<grid>), --seeds 0,1,2, --only NAME[,NAME] (grid entries),
 --list (print the runs and exit), and any --config.a.b=value, passed to every run (e.g. a
@@ -75,6 +77,15 @@ def finetune_grid() -> dict:
     return grid
 
 
+FINE_TUNING_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+
+
+def lr_sweep() -> dict:
+    """The fine-tuning lr, chosen on validation mAP: the config's default run (LL-R + BoostLU, batch 16)
+    at each lr of FINE_TUNING_LRS (the paper's 1e-5 up to the demo's from-scratch 1e-3)."""
+    return {f"lr{lr:g}": {"train.lr": lr} for lr in FINE_TUNING_LRS}
+
+
 # A layer-wise optimizer's lr relative to the config's Adam lr, for the same first steps: Adam moves
 # every weight by ~lr, LAMB every kernel by ~lr x its rms (~0.1 in these trunks: 10x), LARS by
 # ~lr x 0.001 x its rms (1000x more). A starting point for the sweep, not a tuned value.
@@ -117,6 +128,8 @@ GRIDS = {
     "batch": ("configs/demo_large.py", batch_grid),
     "finetune": ("configs/demo_finetune.py", finetune_grid),
     "finetune_batch": ("configs/demo_large_finetune.py", finetune_batch_grid),
+    "finetune_lr": ("configs/demo_finetune.py", lr_sweep),
+    "finetune_batch_lr": ("configs/demo_large_finetune.py", lr_sweep),
 }
 
 
