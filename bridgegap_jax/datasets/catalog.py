@@ -10,6 +10,7 @@ source (random access to any record), which grain's workers pickle and open on t
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 
 import numpy as np
@@ -139,7 +140,15 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
     if name in BUILT_IN and not _versions(root):
         from bridgegap_jax.prepare import demo
 
-        demo.build(data_dir, name=name)
+        try:
+            demo.build(data_dir, name=name)
+        except OSError as error:  # a full disk stays itself: main names it
+            if error.errno == errno.ENOSPC:
+                raise
+            raise DataError(
+                f"cannot build the {name} dataset in config.data.data_dir={data_dir!r} ({error.strerror or error}: "
+                f"{error.filename}); point --config.data.data_dir at a folder you can write to"
+            ) from None
     versions = _versions(root)
     if not versions:
         raise DatasetNotFoundError(
