@@ -76,7 +76,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         data.image_size <= MAX_IMAGE_SIZE,
         "data.image_size",
         data.image_size,
-        f"must be <= {MAX_IMAGE_SIZE}: one image of that size is {gib(batch_bytes(1, data.image_size))} of host "
+        f"must be <= {MAX_IMAGE_SIZE}: one image of that size is {memory(batch_bytes(1, data.image_size))} of host "
         "memory as uint8, a batch of them that many times more, and their activations far more on the devices "
         "(the protocol uses 448)",
     )
@@ -231,16 +231,16 @@ def check_with(
         train.eval_batch_size,
         f"must be a multiple of the {num_devices} devices",
     )
-    memory = host_memory()
+    available = host_memory()
     held = 2 * workers(config) + BUFFERED_BATCHES
     for field in ("batch_size", "eval_batch_size"):
         rows = -(-train[field] // process_count)  # this process's rows of each global batch
         needed = held * batch_bytes(rows, config.data.image_size)
         _require(
-            needed <= memory,
+            needed <= available,
             f"train.{field}",
             train[field],
-            f"would need {gib(needed)} of host memory, more than the {gib(memory)} here: the input pipeline holds "
+            f"would need {memory(needed)} of host memory, more than the {memory(available)} here: the input pipeline holds "
             f"{held} batches of this process's {rows} images of {config.data.image_size}x{config.data.image_size} "
             "(uint8) at once; lower it (or config.data.workers)",
         )
@@ -310,8 +310,12 @@ def batch_bytes(rows: int, image_size: int) -> int:
     return rows * image_size * image_size * 3
 
 
-def gib(size: int) -> str:
-    return f"{size / 2**30:,.1f} GiB"
+def memory(size: float) -> str:
+    """Bytes in KiB, MiB, GiB or TiB."""
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            return f"{size:,.1f} {unit}"
 
 
 def host_memory() -> int:

@@ -95,6 +95,10 @@ class HeldStderr(io.TextIOBase):
     def fileno(self) -> int:  # what writes to the file descriptor (C code, child processes) is not held
         return self.stderr.fileno()
 
+    @property
+    def encoding(self) -> str:
+        return self.stderr.encoding
+
     def release(self) -> None:
         """Stop holding; show what was held."""
         stderr_to(self.stderr)
@@ -162,9 +166,11 @@ def parse_flags(argv: list[str]) -> list[str]:
             raise
         if isinstance(error, (AttributeError, KeyError)):  # an override naming a field that does not exist
             text = str(error)
-            if text[:1] in ("'", '"'):  # ml_collections quotes its message, escapes and all
-                text = ast.literal_eval(text)
-            lines = text.splitlines()
+            try:  # ml_collections quotes its message, escapes and all
+                text = ast.literal_eval(text) if text[:1] in ("'", '"') else text
+            except (ValueError, SyntaxError):
+                pass
+            lines = text.splitlines() or [text]
             fail(
                 f"a --config.* override names a field that does not exist: {lines[0]}. {' '.join(lines[1:])} "
                 "(README, Running)"
@@ -237,7 +243,7 @@ def resume_hint(workdir: str) -> str:
     latest = RunDir(workdir).checkpoints / "latest"
     steps = [int(p.name) for p in latest.iterdir() if p.name.isdigit()] if latest.is_dir() else []
     if not steps:
-        return "no checkpoint was saved yet: rerunning the same command starts the run again"
+        return "rerun the same command to start the run again (no checkpoint was saved yet)"
     return f"rerun the same command to resume {workdir} from its checkpoint at step {max(steps)}"
 
 
@@ -270,7 +276,7 @@ def main(argv):
         fail(error)
     except stopping.Stopped as stop:
         fail(f"{stop}; {resume_hint(workdir)}", stop.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the handlers were installed
+    except KeyboardInterrupt:  # a second Ctrl-C: at once
         if FLAGS.debug:
             raise
         fail(f"interrupted; {resume_hint(workdir)}")

@@ -36,11 +36,9 @@ class Stopped(Exception):
     """The run stopped at a signal after saving where it stood; main turns this into one line."""
 
     def __init__(self, step: int):
-        interrupted = _received == signal.SIGINT
-        self.step = step
-        self.exit_code = 2 if interrupted else EXIT_TERMINATED
-        self.reason = "interrupted" if interrupted else "stopped by SIGTERM"
-        super().__init__(f"{self.reason} at step {step}")
+        interrupted = _received == signal.SIGINT  # on this process; SIGTERM may have come to another one
+        self.exit_code = 2 if interrupted else EXIT_TERMINATED  # Ctrl-C: 2, as every one-line error
+        super().__init__(f"{'interrupted' if interrupted else 'stopped by SIGTERM'} at step {step}")
 
 
 def _several_processes_agree() -> bool | None:

@@ -23,7 +23,18 @@ import numpy as np
 import pytest
 from helpers import ROOT, TINY_DEMO, demo_flags, latest_checkpoint, one_line_error, run
 
-from bridgegap_jax import checkpoint, configuration, images, losses, report, rundir, schemes, trainer
+from bridgegap_jax import (
+    checkpoint,
+    configuration,
+    images,
+    input_pipeline,
+    losses,
+    report,
+    rundir,
+    schemes,
+    stopping,
+    trainer,
+)
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.prepare import cli, fake, writer
 from bridgegap_jax.run_log import RunLog
@@ -46,6 +57,27 @@ def finished(demo_data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("finished") / "run")
     trainer.train_and_evaluate(config, workdir)
     return workdir, config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_data_dir, tmp_path_factory):
+    """The tiny demo run (helpers.TINY_DEMO, 2 epochs) never interrupted: (workdir, result)."""
+    from configs import demo
+
+    config = tiny(demo.get_config(), data__data_dir=demo_data_dir)
+    workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    return workdir, trainer.train_and_evaluate(config, workdir)
+
+
+def assert_ends_as(workdir, uninterrupted):
+    """`workdir` finished with the uninterrupted run's result and, bit for bit, its parameters."""
+    result = json.loads(open(os.path.join(workdir, rundir.RESULT_FILE)).read())
+    for key in ("test_map", "best_epoch", "best_val_map"):
+        assert result[key] == uninterrupted[1][key], key
+    step_a, params_a = latest_params(uninterrupted[0])
+    step_b, params_b = latest_params(workdir)
+    assert step_a == step_b == 50
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
 def latest_params(workdir):
@@ -322,8 +354,7 @@ def test_a_lock_cut_short_by_a_full_disk_is_not_left_behind(tmp_path, monkeypatc
         ("data.resize", "area"),
         ("train.nonfinite", "ignore"),
         ("data.workers", -1),
-        ("data.workers", 100000),
-        ("data.image_size", 100000),
+        ("data.image_size", 100000),  # accepted, it failed at once: "Unable to allocate 1.75 TiB"
         ("train.head_lr_mult", 0.0),
     ],
 )
@@ -350,12 +381,18 @@ def test_a_refused_config_is_one_line_from_the_command(demo_data_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_batch_that_does_not_fit_in_host_memory_names_the_memory(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(configuration, "host_memory", lambda: 2**30)
-    tiny(tiny_config, data__image_size=1024, train__batch_size=128)
+def test_sizes_that_do_not_fit_the_host_name_what_they_need(tiny_config, tmp_path, monkeypatch):
+    """Sizes a user can get wrong by a few zeros, tried at values that would be harmless if accepted."""
+    monkeypatch.setattr(configuration, "host_memory", lambda: 2**19)  # this host: 512 KiB
     with pytest.raises(
-        configuration.ConfigError, match=r"batch_size=128: would need 1.1 GiB of host memory, more "
+        configuration.ConfigError,
+        match=r"config.train.batch_size=64: would need 576.0 KiB of host memory, more than the 512.0 KiB here: "
+        r"the input pipeline holds 3 batches of this process's 64 images of 32x32 \(uint8\)",
     ):
+        trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    monkeypatch.undo()
+    tiny_config.data.workers = configuration.WORKERS_PER_CORE * input_pipeline.default_workers() + 1
+    with pytest.raises(configuration.ConfigError, match="data.workers=.*must be at most 4 per CPU core"):
         trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
@@ -511,10 +548,8 @@ def package_only(tmp_path) -> dict:
 
 
 def test_sigterm_a_kill_in_a_save_and_a_damaged_checkpoint_resume_to_the_uninterrupted_end(
-    tiny_config, demo_data_dir, tmp_path
+    uninterrupted, demo_data_dir, tmp_path
 ):
-    tiny(tiny_config, data__data_dir=demo_data_dir)
-    whole = trainer.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
     split = str(tmp_path / "split")
     flags = demo_flags(split, demo_data_dir)
 
@@ -570,13 +605,29 @@ def test_sigterm_a_kill_in_a_save_and_a_damaged_checkpoint_resume_to_the_uninter
     ), resumed.stdout
     assert os.path.isdir(os.path.join(latest, "damaged_25"))
 
-    result = json.loads(open(os.path.join(split, rundir.RESULT_FILE)).read())
-    for key in ("test_map", "best_epoch", "best_val_map"):
-        assert result[key] == whole[key], key
-    step_a, params_a = latest_params(str(tmp_path / "whole"))
-    step_b, params_b = latest_params(split)
-    assert step_a == step_b == 50
-    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+    assert_ends_as(split, uninterrupted)
     with open(os.path.join(split, rundir.METRICS_FILE)) as f:
         changes = [(r["step"], r["changed"]) for r in map(json.loads, f) if r["kind"] == "config"]
     assert changes == [(step, {"data.workers": [0, 2], "train.log_every_steps": [5, 7]})]
+
+
+def test_a_stop_during_a_validation_saves_where_training_stood(
+    uninterrupted, tiny_config, tmp_path, monkeypatch
+):
+    """The stop asked for by a signal (stopping.py) in the middle of epoch 1's validation: the epoch's
+    training is saved and the validation is done again, then saved over the same step."""
+    evaluate = trainer.Trainer._evaluate
+
+    def signal_during_validation(self, split, model_vars, batches):
+        monkeypatch.setattr(stopping, "_received", signal.SIGTERM)
+        return evaluate(self, split, model_vars, batches)
+
+    monkeypatch.setattr(trainer.Trainer, "_evaluate", signal_during_validation)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(stopping.Stopped, match="stopped by SIGTERM at step 25"):
+        trainer.train_and_evaluate(tiny_config, workdir)
+    step, _ = latest_checkpoint(workdir)
+    assert step == 25 and "validation" not in open(os.path.join(workdir, rundir.METRICS_FILE)).read()
+    monkeypatch.undo()
+    trainer.train_and_evaluate(tiny_config, workdir)
+    assert_ends_as(workdir, uninterrupted)
