@@ -97,7 +97,7 @@ class RunDir:
         saved = latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
         return saved or self.file(RESULT_FILE).exists()
 
-    def check_config(self, config: dict, changeable: tuple[str, ...] = ()) -> dict:
+    def check_config(self, config: dict, changeable: tuple[str, ...]) -> dict:
         """Refuse a config other than the stored one once something was trained with it: two configs'
         checkpoints must never mix. The fields in `changeable` only decide what happens from now on:
         returns those that differ, {dotted name: [stored, new]}. (A run that stopped before its first
@@ -117,8 +117,7 @@ class RunDir:
             raise RunDirError(
                 f"{self.workdir} holds {'a' if state == 'finished' else 'an'} {state} run made with another config "
                 f"(differing: {', '.join(refused)}); use a new --workdir, or rerun with the config stored in "
-                f"{self.file(CONFIG_FILE)} (of the fields that differ, only {', '.join(changeable)} may change on "
-                "resume)"
+                f"{self.file(CONFIG_FILE)} (only {', '.join(changeable)} may change on resume)"
             )
         return {field: [lookup(stored, field), lookup(config, field)] for field in fields}
 
@@ -169,6 +168,7 @@ def writing(workdir: str):
 
 
 def lookup(tree: dict, dotted: str):
+    """tree['a']['b'] for 'a.b'; None where a key is missing."""
     for key in dotted.split("."):
         tree = tree.get(key) if isinstance(tree, dict) else None
     return tree
@@ -228,9 +228,8 @@ class WorkdirLock:
         with writing(self.workdir):
             if holder is not None:
                 self.path.unlink(missing_ok=True)
-            if "://" in str(
-                self.path
-            ):  # object stores have no exclusive create (and no half-written objects)
+            # Object stores have no exclusive create (and no half-written objects).
+            if "://" in str(self.path):
                 self.path.write_text(record)
                 return
             try:  # exclusive create: of two runs starting at once, one wins

@@ -171,12 +171,12 @@ def test_a_non_finite_step_stops_the_run_and_never_reaches_a_checkpoint(tiny_con
     assert not os.path.exists(os.path.join(workdir, rundir.LOCK_FILE))  # released on the way out
     # The README's remedy is accepted; at this lr every step after the first is non-finite (parameters
     # of ~1e20), so the epoch ends with the non-finite line.
-    tiny_config.train.nonfinite = "skip"
+    tiny_config.train.nonfinite, tiny_config.train.checkpoint_every_steps = "skip", 10
     with pytest.raises(trainer.NonFiniteError, match="all 24 training steps of epoch 1 were skipped"):
         trainer.train_and_evaluate(tiny_config, workdir)
-    # Back to 'stop' with skipped steps in the checkpoint (step 24): 'stop' would take them for new ones.
+    # Back to 'stop' with skipped steps in the checkpoint (step 20): 'stop' would take them for new ones.
     tiny_config.train.nonfinite = "stop"
-    with pytest.raises(configuration.ConfigError, match="step 24 holds 23 step.s. skipped as non-finite"):
+    with pytest.raises(configuration.ConfigError, match="step 20 holds 19 step.s. skipped as non-finite"):
         trainer.train_and_evaluate(tiny_config, workdir)
 
 
@@ -226,14 +226,19 @@ def test_the_readme_remedy_for_divergence_resumes_with_skip(tiny_config, tmp_pat
         with pytest.raises(trainer.NonFiniteError, match="stopped without saving; the latest checkpoint"):
             trainer.train_and_evaluate(tiny_config, workdir)
         step, _ = latest_params(workdir)
-        tiny_config.train.nonfinite = "skip"
+        tiny_config.train.nonfinite, tiny_config.train.checkpoint_every_steps = (
+            "skip",
+            100,
+        )  # fewer saves, too
         result = trainer.train_and_evaluate(tiny_config, workdir)
     finally:
         del schemes.REGISTRY["test-nan"]
     assert np.isfinite(result["test_map"])
     with open(os.path.join(workdir, rundir.METRICS_FILE)) as f:
         changes = [json.loads(line) for line in f if '"kind": "config"' in line]
-    assert [(r["step"], r["changed"]) for r in changes] == [(step, {"train.nonfinite": ["stop", "skip"]})]
+    assert [(r["step"], r["changed"]) for r in changes] == [
+        (step, {"train.checkpoint_every_steps": [1, 100], "train.nonfinite": ["stop", "skip"]})
+    ]
     assert json.loads(open(os.path.join(workdir, rundir.CONFIG_FILE)).read())["train"]["nonfinite"] == "skip"
 
 
