@@ -1,9 +1,10 @@
 """The run's config: checked completely before anything is written, then turned into the run's parts.
 
-`check(config)` checks every field on its own (types, ranges, known names); `check_with(config,
-dataset, num_devices)` the rules that need the dataset and the devices. A refused config raises
-ConfigError naming the field and the fix, before the workdir exists. The builders below are the
-only place where config fields become a model, an optimizer, a loss scheme or pipeline options.
+`check(config)` checks every field on its own (types, ranges, known names, sizes); `check_with(config,
+dataset, num_devices, process_count)` the rules that need the dataset, the devices and this host's
+memory. A refused config raises ConfigError naming the field and the fix, before the workdir
+exists. The builders below are the only place where config fields become a model, an optimizer, a
+loss scheme or pipeline options.
 """
 
 from __future__ import annotations
@@ -21,6 +22,19 @@ from bridgegap_jax.models import RESNET_STAGES
 
 NONFINITE_POLICIES = ("stop", "skip")
 LR_DECAYS = ("none", "cosine")
+# Fields that only decide what happens from the next step on, so a resumed run may change them (the
+# change is recorded in metrics.jsonl): what a non-finite step does (the checkpoint holds none of them;
+# 'skip' back to 'stop' is refused once steps were skipped, trainer.py), when to log and to save, and
+# how many processes decode (every batch is the same whoever decodes it, tested).
+CHANGEABLE_ON_RESUME = (
+    "train.nonfinite",
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "data.workers",
+)
+MAX_IMAGE_SIZE = 2048  # 4.6x the protocol's 448: one batch of 64 such images is 0.8 GB on the host
+WORKERS_PER_CORE = 4  # decoding processes beyond this only compete for the cores, each with its memory
+BUFFERED_BATCHES = 3  # batches the training process holds besides the workers' 2 each (prefetch, in use)
 
 
 class ConfigError(UserError, ValueError):
@@ -59,6 +73,14 @@ def check(config: ml_collections.ConfigDict) -> None:
         "must be an integer >= 32 (the ResNet downsamples by 32: at least one CAM cell)",
     )
     _require(
+        data.image_size <= MAX_IMAGE_SIZE,
+        "data.image_size",
+        data.image_size,
+        f"must be <= {MAX_IMAGE_SIZE}: one image of that size is {memory(batch_bytes(1, data.image_size))} of host "
+        "memory as uint8, a batch of them that many times more, and their activations far more on the devices "
+        "(the protocol uses 448)",
+    )
+    _require(
         data.resize in images.RESIZE_METHODS,
         "data.resize",
         data.resize,
@@ -85,6 +107,14 @@ def check(config: ml_collections.ConfigDict) -> None:
         "data.workers",
         data.workers,
         "must be None (one decoding process per CPU core), 0 (decode in the training process) or a count",
+    )
+    cores = input_pipeline.default_workers()
+    _require(
+        data.workers is None or data.workers <= WORKERS_PER_CORE * cores,
+        "data.workers",
+        data.workers,
+        f"must be at most {WORKERS_PER_CORE} per CPU core ({WORKERS_PER_CORE * cores} here): each is a process of "
+        "its own, with its memory and 2 batches in shared memory, and more of them only compete for the cores",
     )
     _require(
         model.depth in RESNET_STAGES, "model.depth", model.depth, f"must be one of {sorted(RESNET_STAGES)}"
@@ -196,8 +226,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     )
 
 
-def check_with(config: ml_collections.ConfigDict, dataset: catalog.Dataset, num_devices: int) -> None:
-    """The rules that need the dataset and the device count."""
+def check_with(
+    config: ml_collections.ConfigDict, dataset: catalog.Dataset, num_devices: int, process_count: int = 1
+) -> None:
+    """The rules that need the dataset, the device count and this host (its processes, its memory)."""
     train = config.train
     num_train = dataset.split_sizes["train"]
     _require(
@@ -218,6 +250,19 @@ def check_with(config: ml_collections.ConfigDict, dataset: catalog.Dataset, num_
         train.eval_batch_size,
         f"must be a multiple of the {num_devices} devices",
     )
+    available = host_memory()
+    held = 2 * workers(config) + BUFFERED_BATCHES
+    for field in ("batch_size", "eval_batch_size"):
+        rows = -(-train[field] // process_count)  # this process's rows of each global batch
+        needed = held * batch_bytes(rows, config.data.image_size)
+        _require(
+            needed <= available,
+            f"train.{field}",
+            train[field],
+            f"would need {memory(needed)} of host memory, more than the {memory(available)} here: the input pipeline holds "
+            f"{held} batches of this process's {rows} images of {config.data.image_size}x{config.data.image_size} "
+            "(uint8) at once; lower it (or config.data.workers)",
+        )
 
 
 def model(config: ml_collections.ConfigDict, num_classes: int):
@@ -280,6 +325,24 @@ def pipeline_options(
         process_count=process_count,
         row_multiple=num_devices,
     )
+
+
+def batch_bytes(rows: int, image_size: int) -> int:
+    """Bytes of `rows` images as the pipeline holds them on the host (uint8 RGB)."""
+    return rows * image_size * image_size * 3
+
+
+def memory(size: float) -> str:
+    """Bytes in KiB, MiB, GiB or TiB."""
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            return f"{size:,.1f} {unit}"
+
+
+def host_memory() -> int:
+    """Bytes of memory of this host."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def workers(config: ml_collections.ConfigDict) -> int:

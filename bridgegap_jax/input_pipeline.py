@@ -19,6 +19,7 @@ validation batches are decoded while the last training steps run.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -207,19 +208,25 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _init_worker(worker_index: int, worker_count: int) -> None:
-    """Each grain worker ignores Ctrl-C, which a terminal sends to the whole process group: the
-    training process handles it and closes the stream, which stops the workers and frees the shared
-    memory of their batches. Interrupted themselves, they would print tracebacks and leak it.
+    """Each grain worker ignores Ctrl-C and SIGTERM, which a terminal or a preempted machine sends to
+    every process: the training process stops at its next batch and closes the stream, which stops
+    the workers and frees the shared memory of their batches. Stopped themselves, they would print
+    tracebacks, leak it, and fail the batches the training process still needs to reach its stop.
+    (They start with both signals blocked, see Stream, so none lands before this runs.)
 
     A training process that is killed (kill -9, out of memory) cannot stop its workers, and they would
     go on forever: each one exits when it sees that its parent is gone."""
     import os
-    import signal
     import threading
     import time
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_IGN)  # what is pending is dropped
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     parent = os.getppid()
 
     def exit_with_the_parent():
@@ -238,11 +245,23 @@ class Stream:
     """
 
     def __init__(self, reader: BatchReader, start: int = 0, workers: int = 0, buffer_per_worker: int = 2):
+        from multiprocessing import resource_tracker
+
         import grain
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # grain reads absl flags; a library caller may not have parsed any
             flags.FLAGS.mark_as_parsed()
+        # grain starts worker i, from threads of its own, when batch i is first asked for. Blocked
+        # signals are inherited (by threads and processes), so until `workers` batches have come, a
+        # Ctrl-C or SIGTERM cannot reach a worker before _init_worker ignores them; this process takes
+        # them in another of its threads, or once they are unblocked. (multiprocessing's resource
+        # tracker unblocks them in the thread that starts it: it is started here, before.)
+        self._starting = workers
+        self._blocked = None
+        if workers > 0:
+            resource_tracker.ensure_running()
+            self._blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         dataset = grain.MapDataset.range(start, len(reader)).map(reader)
         iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         if workers > 0:
@@ -252,22 +271,33 @@ class Stream:
             )
         self._iterator = iter(iterable)
 
+    def _unblock(self) -> None:
+        if self._blocked is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._blocked)
+            self._blocked = None
+
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._iterator)
+        try:
+            return next(self._iterator)
+        finally:
+            self._starting -= 1
+            if self._starting <= 0:
+                self._unblock()
 
     def take(self, count: int) -> Iterator[dict[str, np.ndarray]]:
         """The next `count` batches (one segment)."""
         for _ in range(count):
-            yield next(self._iterator)
+            yield next(self)
 
     def close(self) -> None:
         import gc
 
         from grain._src.python.ipc import shared_memory_array
 
+        self._unblock()
         self._iterator.close()
         self._iterator = None
         # Batches arrive in shared memory that is unlinked when their arrays are collected, by a

@@ -11,11 +11,15 @@ The workdir must be storage that every host sees: gs://..., or a shared file sys
 
 A mistake the user can fix (a config value, a missing dataset or weights file, a busy workdir, a
 full disk, Ctrl-C) ends with one line on stderr and exit code 2; --debug shows the traceback.
+SIGTERM (a preempted machine) saves a checkpoint at the next batch, on every process at the same
+one, and ends with one line and exit code 143 (stopping.py); the same command resumes.
 """
 
 from __future__ import annotations
 
+import ast
 import errno
+import io
 import os
 import sys
 
@@ -60,25 +64,120 @@ flags.DEFINE_string(
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of its one-line message.")
 
 EXIT_USER_ERROR = 2
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 
 
-def fail(message: str) -> None:
-    """One line on stderr, exit code 2."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-    sys.exit(EXIT_USER_ERROR)
+def stderr_to(stream) -> None:
+    """Python's stderr, and absl's log handler's (it keeps the stream it was made with), to `stream`."""
+    from absl import logging
+
+    sys.stderr = stream
+    logging.get_absl_handler().python_handler.stream = stream
+
+
+class HeldStderr(io.TextIOBase):
+    """sys.stderr while a run goes on quietly. What the libraries write there (orbax's errors and its
+    threads' tracebacks when a save fails, for one) is held back: shown when the command ends with a
+    traceback (or succeeds), dropped when it ends with one line that says what happened instead."""
+
+    LIMIT = 1 << 20  # characters kept: the end of it
+
+    def __init__(self, stderr):
+        self.stderr, self.parts, self.size = stderr, [], 0
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        self.size += len(text)
+        while self.size > self.LIMIT and len(self.parts) > 1:
+            self.size -= len(self.parts.pop(0))
+        return len(text)
+
+    def fileno(self) -> int:  # what writes to the file descriptor (C code, child processes) is not held
+        return self.stderr.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return self.stderr.encoding
+
+    def release(self) -> None:
+        """Stop holding; show what was held."""
+        stderr_to(self.stderr)
+        self.stderr.write("".join(self.parts))
+        self.stderr.flush()
+
+
+def fail(message, exit_code: int = EXIT_USER_ERROR) -> None:
+    """One line on stderr, and exit. What the libraries print from now on, as the process ends (the
+    threads of a failed save, objects an interrupt left half-built), is noise after that line: dropped."""
+    stderr = sys.stderr.stderr if isinstance(sys.stderr, HeldStderr) else sys.stderr
+    print(f"error: {' '.join(str(message).split())}", file=stderr, flush=True)
+    stderr_to(open(os.devnull, "w"))
+    sys.unraisablehook = lambda unraisable: None
+    sys.exit(exit_code)
+
+
+def config_file(argv: list[str]) -> str | None:
+    """The file named by --config (absl's forms --config=F and --config F; the last one counts), without
+    a ':argument'."""
+    path = None
+    for i, arg in enumerate(argv):
+        for prefix in ("--config", "-config"):
+            if arg.startswith(prefix + "="):
+                path = arg[len(prefix) + 1 :]
+            elif arg == prefix and i + 1 < len(argv):
+                path = argv[i + 1]
+    return None if path is None else path.split(":", 1)[0]
+
+
+def find_config_file(argv: list[str]) -> None:
+    """A config file loads from any working directory: `from configs import base` in configs/demo.py
+    finds the file's own package (the folder above it goes first on sys.path); a missing file is one line."""
+    path = config_file(argv)
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        fail(
+            f"--config={path}: no such file (a relative path starts at the current directory, {os.getcwd()}); "
+            "name a file of the repository's configs/, e.g. --config=configs/demo.py from the repository root"
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(os.path.join(folder, "__init__.py")):
+        sys.path.insert(0, os.path.dirname(folder))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a bad --config override or config file reported in one line."""
+    """absl's parsing, with a bad --config override or config file reported in one line; --help exits 0."""
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True, exitcode=0)
+    find_config_file(argv)
     try:
         return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as error:
+    except (
+        flags.Error,
+        AttributeError,
+        KeyError,
+        ValueError,
+        TypeError,
+        OSError,
+        ImportError,
+        SyntaxError,
+    ) as error:
         if "--debug" in argv:
             raise
-        text = str(error).strip().strip("'\"").replace("\\n", " ").replace("\\'", "'")
         if isinstance(error, (AttributeError, KeyError)):  # an override naming a field that does not exist
-            text = f"a --config.* override names a field that does not exist: {text} (README, Running)"
-        fail(text)
+            text = str(error)
+            try:  # ml_collections quotes its message, escapes and all
+                text = ast.literal_eval(text) if text[:1] in ("'", '"') else text
+            except (ValueError, SyntaxError):
+                pass
+            lines = text.splitlines() or [text]
+            fail(
+                f"a --config.* override names a field that does not exist: {lines[0]}. {' '.join(lines[1:])} "
+                "(README, Running)"
+            )
+        if isinstance(error, (ImportError, SyntaxError)):
+            fail(f"the config file {config_file(argv)} does not load: {error}")
+        fail(error)
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -144,37 +243,42 @@ def resume_hint(workdir: str) -> str:
     latest = RunDir(workdir).checkpoints / "latest"
     steps = [int(p.name) for p in latest.iterdir() if p.name.isdigit()] if latest.is_dir() else []
     if not steps:
-        return "no checkpoint was saved yet: rerunning the same command starts the run again"
+        return "rerun the same command to start the run again (no checkpoint was saved yet)"
     return f"rerun the same command to resume {workdir} from its checkpoint at step {max(steps)}"
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     FLAGS = flags.FLAGS
     quiet_libraries(FLAGS.verbose)
+    from bridgegap_jax import stopping
     from bridgegap_jax.errors import UserError
 
+    if not (FLAGS.verbose or FLAGS.debug):
+        stderr_to(HeldStderr(sys.stderr))
     workdir = FLAGS.workdir
+    if workdir is None or not workdir.strip():  # an empty one would fill the current directory
+        fail("--workdir must name the run's folder, e.g. --workdir=runs/demo")
     try:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         xla_options.apply(FLAGS.xla_options)  # before any device use: XLA reads its flags once
         initialize_distributed(
             FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
         )
+        stopping.join_processes()  # the preemption service of jax.distributed handles SIGTERM on a pod
         check_shared_workdir(workdir, FLAGS.workdir_is_shared)
         from bridgegap_jax import trainer  # after flag parsing: --help stays fast
 
         trainer.train_and_evaluate(FLAGS.config, workdir)
-    except UserError as error:
+    except (UserError, app.UsageError) as error:
         if FLAGS.debug:
             raise
         fail(error)
-    except KeyboardInterrupt:
+    except stopping.Stopped as stop:
+        fail(f"{stop}; {resume_hint(workdir)}", stop.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C: at once
         if FLAGS.debug:
             raise
-        sys.unraisablehook = lambda unraisable: (
-            None
-        )  # what the interrupt left half-built fails when collected
         fail(f"interrupted; {resume_hint(workdir)}")
     except Exception as error:  # noqa: BLE001 - only a full disk is turned into a message; the rest re-raises
         full = disk_full(error)
@@ -184,11 +288,22 @@ def main(argv):
             f"no space left on the device holding {full.filename or workdir}: free some space (or choose another "
             f"--workdir / --config.data.data_dir); then {resume_hint(workdir)}"
         )
+    finally:
+        if isinstance(sys.stderr, HeldStderr):  # not after fail(): its line replaces what was held
+            sys.stderr.release()
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main, flags_parser=parse_flags)
+    from bridgegap_jax import stopping
+
+    stopping.install()  # before the flags are parsed: a Ctrl-C or SIGTERM from now on stops the run cleanly
+    flags.mark_flags_as_required(["config"])
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except KeyboardInterrupt:  # a second Ctrl-C before main() could catch it: nothing was started
+        if "--debug" in sys.argv:
+            raise
+        fail("interrupted before the run started")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ class ReportError(UserError, ValueError):
 class Run:
     workdir: str
     config: dict  # dotted field name -> value
-    scores: dict  # 'val mAP', 'test mAP', 'group1'.. -> value in percent: those known so far
+    scores: dict  # 'val mAP', 'test mAP', 'group1'.. (OpenImages' groups' mAP) -> percent (None: a group
+    # without an observed class): those known so far
     best_epoch: int | None
     wall_time_s: float | None
     status: str  # 'finished', 'unfinished, epoch E/N' or 'not started'
@@ -71,10 +72,7 @@ def load_run(workdir: str) -> Run:
     run_dir = RunDir(workdir)
     if not run_dir.path.is_dir():
         raise ReportError(f"{workdir} does not exist")
-    try:
-        config, result = run_dir.stored_config(), run_dir.result()
-    except ValueError as error:
-        raise ReportError(f"{workdir}: a JSON file is damaged ({error})") from None
+    config, result = run_dir.stored_config(), run_dir.result()  # a damaged one: RunDirError, named
     if config is None:
         raise ReportError(f"{workdir} is not a workdir of bridgegap_jax.main: it has no {CONFIG_FILE}")
     config = flatten(config)
@@ -84,7 +82,7 @@ def load_run(workdir: str) -> Run:
         scores = {
             "val mAP": result["best_val_map"],
             "test mAP": result["test_map"],
-            **result.get("test_groups", {}),
+            **{name: group["map"] for name, group in result.get("test_groups", {}).items()},
         }
         return Run(
             workdir, config, scores, result["best_epoch"], result.get("wall_time_s"), "finished", *pace
@@ -180,7 +178,7 @@ def run_table(runs: list[Run]) -> str:
             [run.workdir]
             + config_cells(run.config, fields)
             + ["" if run.best_epoch is None else str(run.best_epoch)]
-            + [f"{run.scores[s]:.2f}" if s in run.scores else "" for s in scores]
+            + ["" if run.scores.get(s) is None else f"{run.scores[s]:.2f}" for s in scores]
             + ["" if run.wall_time_s is None else hms(run.wall_time_s), run.status]
         )
     return with_common(markdown(header, rows, {"best epoch", "wall time", *scores}), common)
@@ -213,7 +211,7 @@ def seed_table(runs: list[Run]) -> str:
         rows.append(
             config_cells(config, fields)
             + [",".join(value_text(run.config.get(SEED, MISSING)) for run in group), str(len(done))]
-            + [mean_std([run.scores[s] for run in done if s in run.scores]) for s in scores]
+            + [mean_std([run.scores[s] for run in done if run.scores.get(s) is not None]) for s in scores]
             + [
                 str(done[0].steps) if done and done[0].steps else "",
                 hms(statistics.mean(walls)) if walls else "",

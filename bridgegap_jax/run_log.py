@@ -1,7 +1,7 @@
 """What a run tells the user: progress lines on stdout, and records in metrics.jsonl and TensorBoard.
 
 Only process 0 prints and writes. Each record is one strict-JSON line {"kind", "step", "wall_time",
-...} (non-finite numbers are written as null) and the same scalars as TensorBoard event files
+...} (non-finite numbers are written as null; kind "config": the fields a resume changed) and the same scalars as TensorBoard event files
 under <workdir>/tensorboard, written without TensorFlow (tensorboardX). On resume the records
 after the checkpoint (all of them, if there is none yet) are dropped and TensorBoard is told to
 purge them, so every step, epoch and test appears exactly once however often the run was interrupted.
@@ -83,8 +83,9 @@ class RunLog:
         self._events = EventFile(str(run_dir.file(TENSORBOARD_DIR)), step + 1)
 
     def _truncate(self, step: int, epoch: int) -> None:
-        """Keep what the checkpoint at (step, epoch) has done: training records up to its step and the
-        validations of the epochs before; a crash may have written more, which will be done again."""
+        """Keep what the checkpoint at (step, epoch) has done: training records (and config changes) up
+        to its step and the validations of the epochs before; a crash may have written more, which
+        will be done again."""
         if not self.path.exists():
             return
         kept = []
@@ -93,7 +94,7 @@ class RunLog:
                 record = json.loads(line)
             except ValueError:  # a line cut by a crash
                 continue
-            if (record.get("kind") == "train" and record.get("step", 0) <= step) or (
+            if (record.get("kind") in ("train", "config") and record.get("step", 0) <= step) or (
                 record.get("kind") == "validation" and record.get("epoch", 0) < epoch
             ):
                 kept.append(line)

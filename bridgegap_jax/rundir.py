@@ -1,20 +1,24 @@
 """A run's workdir: its layout, its stored config, its result files and its lock.
 
-    <workdir>/config.json          the config the run was started with (compared on every rerun)
-    <workdir>/metrics.jsonl        one JSON line per logged step, validation and test (run_log.py)
-    <workdir>/tensorboard/         the same records as TensorBoard event files
-    <workdir>/checkpoints/latest   resume point; checkpoints/best: best validation mAP (checkpoint.py)
+    <workdir>/config.json          the run's config (compared on every rerun; a few fields may change)
+    <workdir>/metrics.jsonl        one JSON line per logged step, validation, test and config change
+    <workdir>/tensorboard/         the same records as TensorBoard event files (run_log.py)
+    <workdir>/checkpoints/latest   the two latest resume points; checkpoints/best: best validation mAP
+                                   (checkpoint.py)
     <workdir>/result.json          the test result: present = the run is finished
     <workdir>/test_class_ap.tsv    per-class test AP
     <workdir>/lock.json            who is running in it now
 
 Works on local paths and gs:// alike (etils.epath). Every file is written to a temporary name and
-renamed, so a crash never leaves half a file.
+renamed, so a crash never leaves half a file (lock.json is created exclusively instead; one that a
+crash cut short is nobody's). A damaged file is refused with its name and what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
 import os
 import socket
@@ -62,10 +66,30 @@ class RunDir:
     def checkpoints(self) -> epath.Path:
         return self.path / CHECKPOINTS_DIR
 
+    def check_usable(self) -> None:
+        """A workdir that is a file is refused before anything is read or written."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--workdir={self.workdir} is a file, not a folder: choose another --workdir")
+
+    def _read_json(self, name: str, what_to_do: str) -> dict | None:
+        path = self.file(name)
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except ValueError as error:
+            raise RunDirError(f"{path} is damaged ({error}); {what_to_do}") from None
+        if not isinstance(record, dict):
+            raise RunDirError(f"{path} is damaged (not a JSON object); {what_to_do}")
+        return record
+
     # --- config -------------------------------------------------------------------------------
     def stored_config(self) -> dict | None:
-        path = self.file(CONFIG_FILE)
-        return json.loads(path.read_text()) if path.exists() else None
+        return self._read_json(
+            CONFIG_FILE,
+            "it holds the config this run was started with: delete it to go on with the config of your "
+            "command (only if it is that one), or use a new --workdir",
+        )
 
     def has_progress(self) -> bool:
         """Whether anything was trained here: a checkpoint to resume, or a result."""
@@ -73,26 +97,45 @@ class RunDir:
         saved = latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
         return saved or self.file(RESULT_FILE).exists()
 
-    def check_config(self, config: dict) -> None:
+    def check_config(self, config: dict, changeable: tuple[str, ...]) -> dict:
         """Refuse a config other than the stored one once something was trained with it: two configs'
-        checkpoints must never mix. (A run that stopped before its first checkpoint may change it.)"""
-        stored = self.stored_config()
-        if stored is not None and stored != config and self.has_progress():
-            fields = ", ".join(differences(stored, config))
-            state = "finished" if self.result() is not None else "unfinished"
+        checkpoints must never mix. The fields in `changeable` only decide what happens from now on:
+        returns those that differ, {dotted name: [stored, new]}. (A run that stopped before its first
+        checkpoint may change anything; so may one whose damaged config.json the user deleted.)"""
+        try:
+            stored = self.stored_config()
+        except RunDirError:
+            if self.has_progress():
+                raise
+            return {}  # nothing was trained with it: the command's config replaces it
+        if stored is None or stored == config or not self.has_progress():
+            return {}
+        fields = differences(stored, config)
+        refused = [field for field in fields if field not in changeable]
+        if refused:
+            state = "finished" if self.file(RESULT_FILE).exists() else "unfinished"
             raise RunDirError(
-                f"{self.workdir} holds a {state} run made with another config (differing: {fields}); use a new "
-                f"--workdir, or rerun with the config stored in {self.file(CONFIG_FILE)}"
+                f"{self.workdir} holds {'a' if state == 'finished' else 'an'} {state} run made with another config "
+                f"(differing: {', '.join(refused)}); use a new --workdir, or rerun with the config stored in "
+                f"{self.file(CONFIG_FILE)} (only {', '.join(changeable)} may change on resume)"
             )
+        return {field: [lookup(stored, field), lookup(config, field)] for field in fields}
 
     def store_config(self, config: dict) -> None:
-        if self.stored_config() != config:  # check_config has refused a change that would mix runs
+        """After check_config, which has refused a change that would mix runs (or a damaged file of one)."""
+        try:
+            same = self.stored_config() == config
+        except RunDirError:
+            same = False
+        if not same:
             write_atomically(self.file(CONFIG_FILE), json.dumps(config, indent=2, sort_keys=True))
 
     # --- results ------------------------------------------------------------------------------
     def result(self) -> dict | None:
-        path = self.file(RESULT_FILE)
-        return json.loads(path.read_text()) if path.exists() else None
+        return self._read_json(
+            RESULT_FILE,
+            "delete it, and the command that trained this run tests its best checkpoint again and rewrites it",
+        )
 
     def write_result(self, result: dict) -> None:
         write_atomically(self.file(RESULT_FILE), json.dumps(result, indent=2))
@@ -107,6 +150,28 @@ class RunDir:
     # --- lock ---------------------------------------------------------------------------------
     def lock(self) -> "WorkdirLock":
         return WorkdirLock(self.file(LOCK_FILE), self.workdir)
+
+
+@contextlib.contextmanager
+def writing(workdir: str):
+    """An OSError of writing in the workdir (read-only, no permission, a file in the way) becomes a
+    RunDirError; a full disk stays itself, for main to name."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise
+        raise RunDirError(
+            f"cannot write in --workdir={workdir} ({error.strerror or error}: {error.filename}); choose a "
+            "--workdir on a file system you can write to"
+        ) from None
+
+
+def lookup(tree: dict, dotted: str):
+    """tree['a']['b'] for 'a.b'; None where a key is missing."""
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
 
 
 def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -125,7 +190,8 @@ class WorkdirLock:
     """One run per workdir. The holder writes who it is and, as it goes, when it last made progress.
 
     A lock is taken over when its holder is gone: a process of this host that no longer exists
-    (killed, crashed), or a holder on another host silent for STALE_LOCK_SECONDS (a preempted pod).
+    (killed, crashed), or a holder on another host silent for STALE_LOCK_SECONDS (a preempted pod),
+    whatever else the record holds; and a record that does not read (cut short) is nobody's.
     """
 
     def __init__(self, path: epath.Path, workdir: str):
@@ -134,12 +200,20 @@ class WorkdirLock:
         self._last_beat = 0.0
 
     def holder(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (ValueError, OSError):  # half-written by a crash: nobody holds it
-            return None
+        """Who holds the lock; None: nobody. A record that does not read twice, half a second apart, is
+        {}: nobody's (a crash or a full disk cut it short; a run taking the lock writes it at once)."""
+        for attempt in range(2):
+            try:
+                record = json.loads(self.path.read_text())
+            except FileNotFoundError:
+                return None
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                return record
+            if attempt == 0:
+                time.sleep(0.5)
+        return {}
 
     def acquire(self) -> None:
         holder = self.holder()
@@ -149,18 +223,25 @@ class WorkdirLock:
                 f"{holder.get('since')} (last progress {holder.get('heartbeat')}); wait for that run, or stop it "
                 f"first (if it is gone for good, delete {self.path})"
             )
-        if holder is not None:
-            self.path.unlink(missing_ok=True)
         record = json.dumps({**self.me, "heartbeat": _now()})
         self._last_beat = time.monotonic()
-        if "://" in str(self.path):  # object stores have no exclusive create
-            self.path.write_text(record)
-            return
-        try:  # exclusive create: of two runs starting at once, one wins
-            with open(self.path, "x") as f:
-                f.write(record)
-        except FileExistsError:
-            self.acquire()  # the other one won: refuse with its details
+        with writing(self.workdir):
+            if holder is not None:
+                self.path.unlink(missing_ok=True)
+            # Object stores have no exclusive create (and no half-written objects).
+            if "://" in str(self.path):
+                self.path.write_text(record)
+                return
+            try:  # exclusive create: of two runs starting at once, one wins
+                lock = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return self.acquire()  # the other one won: refuse with its details
+            try:
+                with os.fdopen(lock, "w") as f:
+                    f.write(record)
+            except OSError:
+                self.path.unlink(missing_ok=True)  # ours, cut short (a full disk): it must lock nothing
+                raise
 
     def heartbeat(self) -> None:
         """Record progress (at most once a minute), so other hosts can tell a live holder from a dead one."""
@@ -181,10 +262,12 @@ class WorkdirLock:
         if holder.get("host") == self.me["host"]:
             return not _process_exists(holder.get("pid"))
         try:
-            beat = datetime.datetime.fromisoformat(holder["heartbeat"])
-        except (KeyError, TypeError, ValueError):
+            silent = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(
+                holder["heartbeat"]
+            )
+        except (KeyError, TypeError, ValueError):  # no time, or not one with a zone (not ours)
             return True
-        return (datetime.datetime.now(datetime.timezone.utc) - beat).total_seconds() > STALE_LOCK_SECONDS
+        return silent.total_seconds() > STALE_LOCK_SECONDS
 
 
 def _process_exists(pid: Any) -> bool:

@@ -4,15 +4,15 @@
 checked before the workdir is touched (configuration.check / check_with, the dataset, the
 weights); then the workdir is locked, its config stored, and the Trainer goes through the plan of
 the input pipeline (every epoch's training and validation batches, then the test batches) from
-wherever the latest checkpoint stands. The only host syncs are at log points, checkpoints, the
-loss scheme's host state (one step behind) and evaluation.
+wherever the latest checkpoint that restores stands. A stop asked for by a signal (stopping.py)
+saves where the run stands and ends it. The only host syncs are at log points, checkpoints, the
+loss scheme's host state (one step behind), epoch boundaries and evaluation.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import platform
 import time
 
 import jax
@@ -20,12 +20,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bridgegap_jax import configuration, evaluation, input_pipeline, pretrained, sharding, steps
+from bridgegap_jax import (
+    configuration,
+    evaluation,
+    input_pipeline,
+    pretrained,
+    rundir,
+    sharding,
+    steps,
+    stopping,
+)
 from bridgegap_jax.checkpoint import RunCheckpoints
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.errors import UserError
-from bridgegap_jax.rundir import RunDir, RunDirError
+from bridgegap_jax.results import environment, result_line
 from bridgegap_jax.run_log import RunLog
+from bridgegap_jax.rundir import RunDir, RunDirError
 
 
 class NonFiniteError(UserError, RuntimeError):
@@ -39,7 +49,10 @@ def duration(seconds: float) -> str:
 class Trainer:
     """One run of the protocol in a locked workdir: resume, epochs, model selection, test."""
 
-    def __init__(self, config: ml_collections.ConfigDict, run_dir: RunDir, dataset: catalog.Dataset, mesh):
+    def __init__(
+        self, config: ml_collections.ConfigDict, run_dir: RunDir, dataset: catalog.Dataset, mesh, changes=None
+    ):
+        """`changes`: config fields that differ from the stored ones, {name: [stored, new]} (recorded)."""
         self.config, self.run_dir, self.dataset, self.mesh = config, run_dir, dataset, mesh
         self.options = configuration.pipeline_options(
             config, mesh.size, jax.process_index(), jax.process_count()
@@ -56,6 +69,8 @@ class Trainer:
         )
         self.eval_fn = steps.jit_eval_step(self.model, mesh)
         self.checkpoints = RunCheckpoints(run_dir.checkpoints)
+        self.stop_check = stopping.StopCheck()
+        self.notes = []  # lines for the start of the run
         self.state, self.progress = self._restore_or_init()
         resumed = self.checkpoints.latest_step() is not None
         self.log = RunLog(
@@ -63,6 +78,12 @@ class Trainer:
             enabled=jax.process_index() == 0,
             resume=(int(self.state.step), self.progress["epoch"]) if resumed else None,
         )
+        if resumed and changes:
+            self.log.record("config", int(self.state.step), changed=changes)
+            self.notes.append(
+                "changed on resume: "
+                + ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items())
+            )
         self.session_start = time.perf_counter()
         self.times = {"train_steps": 0, "train_s": 0.0, "eval_s": None}  # this session's pace, for the ETA
         self.epoch_seconds = 0.0
@@ -90,6 +111,20 @@ class Trainer:
         restored, progress = self.checkpoints.restore_latest(
             {"train": self._abstract_state(), "host": self.host_state.checkpoint()}
         )
+        self.notes += [
+            f"the checkpoint at step {step} cannot be restored ({reason}); set aside as {where}, resuming from the "
+            f"one at step {int(restored['train'].step)}"
+            for step, reason, where in self.checkpoints.set_aside
+        ]
+        self.checkpoints.check_best(
+            steps.abstract_model_vars(self.model, self.config.data.image_size, self.mesh)
+        )
+        skipped = int(restored["train"].skipped_steps)
+        if skipped and self.config.train.nonfinite == "stop":  # it would take them for new ones and stop
+            raise configuration.ConfigError(
+                f"config.train.nonfinite='stop': the checkpoint at step {int(restored['train'].step)} holds {skipped} "
+                "step(s) skipped as non-finite under 'skip'; resume it with --config.train.nonfinite=skip"
+            )
         self.host_state.restore(restored["host"])
         return restored["train"], progress
 
@@ -149,6 +184,8 @@ class Trainer:
             self.log.line(
                 f"the last batch of each epoch drops {dropped} example(s) to split over {self.mesh.size} devices"
             )
+        for note in self.notes:
+            self.log.line(note)
         if self.checkpoints.latest_step() is not None:
             self.log.line(
                 f"resuming {self.run_dir.workdir} at step {int(self.state.step)}: epoch {epoch}, "
@@ -158,17 +195,30 @@ class Trainer:
         reader = input_pipeline.BatchReader(self.dataset, plan, self.options)
         start = reader.segment_start(2 * (epoch - 1)) + (step if epoch <= epochs else 0)
         try:
+            if self.stop_check.after_step(int(self.state.step)):  # several processes: count from here
+                raise stopping.StopRequested
             with input_pipeline.Stream(reader, start, configuration.workers(self.config)) as stream:
                 for epoch in range(epoch, epochs + 1):
                     self.train_epoch(
-                        epoch, stream.take(self.steps_per_epoch - self.progress["step_in_epoch"])
+                        epoch, self._take(stream, self.steps_per_epoch - self.progress["step_in_epoch"])
                     )
-                    self.validate(epoch, stream.take(plan[2 * epoch - 1].num_batches))
-                test = self.test(stream.take(plan[-1].num_batches))
+                    self.validate(epoch, self._take(stream, plan[2 * epoch - 1].num_batches))
+                test = self.test(self._take(stream, plan[-1].num_batches))
             return self.finish(test)
+        except stopping.StopRequested:
+            if int(self.state.step) > (self.checkpoints.latest_step() or 0):  # else it is saved already
+                self.save_latest()
+            raise stopping.Stopped(int(self.state.step)) from None
         finally:
             self.checkpoints.close()  # waits for the asynchronous saves, also on a crash
             self.log.close()
+
+    def _take(self, stream, count: int):
+        """The stream's next `count` batches; before each, whether a signal asked this process to stop."""
+        for _ in range(count):
+            if self.stop_check.before_batch():
+                raise stopping.StopRequested
+            yield next(stream)
 
     def train_epoch(self, epoch: int, batches) -> None:
         """The rest of `epoch` from progress['step_in_epoch'], with mid-epoch checkpoints."""
@@ -181,8 +231,9 @@ class Trainer:
                 yield batch
 
         window = {"start": time.perf_counter(), "images": 0, "losses": [], "first": True}
+        first, skipped = progress["step_in_epoch"], int(self.state.skipped_steps)  # a state saved or restored
         device_batches = sharding.prefetch_to_device(observed(batches), self.mesh, ("image", "labels"))
-        for step_in_epoch, (batch, device) in enumerate(device_batches, start=progress["step_in_epoch"] + 1):
+        for step_in_epoch, (batch, device) in enumerate(device_batches, start=first + 1):
             rows = len(batch["batch_index"])
             ks = self.scheme.large_loss_counts(epoch, rows, self.num_classes)  # one per selection group
             self.state, metrics, selected = self.step_fn(
@@ -197,8 +248,16 @@ class Trainer:
                 self._log_train(epoch, step_in_epoch, int(ks.sum()), metrics, window)
             if not last and step_in_epoch % config.train.checkpoint_every_steps == 0:
                 self.save_latest()
+            if self.stop_check.after_step((epoch - 1) * self.steps_per_epoch + step_in_epoch):
+                raise stopping.StopRequested
         self.host_state.flush()
         self.epoch_seconds = time.perf_counter() - epoch_start
+        taken = progress["step_in_epoch"] - first
+        if taken and int(self.state.skipped_steps) - skipped == taken:  # 'skip': the model does not train
+            raise NonFiniteError(
+                f"all {taken} training steps of epoch {epoch} were skipped: their loss or gradients were not "
+                f"finite (lr {float(self.lr(int(self.state.step) - 1)):g}); lower --config.train.lr"
+            )
 
     def _log_train(self, epoch: int, step_in_epoch: int, k: int, metrics: dict, window: dict) -> None:
         losses = jnp.stack(window["losses"])
@@ -278,13 +337,16 @@ class Trainer:
         self.heartbeat()
 
     def _evaluate(self, split: str, model_vars, batches) -> dict:
-        result = evaluation.evaluate(self.eval_fn, model_vars, self.dataset, split, batches, self.mesh)
-        if not np.isfinite(result["loss"]):
+        size = self.dataset.split_sizes[split]
+        probs, labels, bce = evaluation.predict(self.eval_fn, model_vars, batches, self.mesh, size)
+        if not (np.isfinite(probs).all() and np.isfinite(bce)):
+            skipped = int(self.state.skipped_steps)
             raise NonFiniteError(
                 f"the {split} scores are not finite at epoch {self.progress['epoch']}: the model has "
-                f"diverged (lr {self.config.train.lr:g}); lower --config.train.lr"
+                f"diverged (lr {self.config.train.lr:g}"
+                f"{f', {skipped} non-finite step(s) skipped' if skipped else ''}); lower --config.train.lr"
             )
-        return result
+        return evaluation.summarize(self.dataset, probs, labels, bce)
 
     def test(self, batches) -> dict:
         """The test split, evaluated once with the checkpoint of the best validation mAP."""
@@ -321,55 +383,13 @@ class Trainer:
         return result
 
 
-def environment() -> dict:
-    """Versions and the device, recorded with the result (numbers are exact only within one of these)."""
-    import importlib.metadata as metadata
-
-    versions = {}
-    for package in (
-        "jax",
-        "jaxlib",
-        "flax",
-        "optax",
-        "orbax-checkpoint",
-        "numpy",
-        "grain",
-        "opencv-python-headless",
-    ):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    device = jax.devices()[0]
-    return {
-        "python": platform.python_version(),
-        "packages": versions,
-        "platform": device.platform,
-        "device_kind": device.device_kind,
-        "device_count": jax.device_count(),
-        "process_count": jax.process_count(),
-    }
-
-
-def result_line(result: dict) -> str:
-    groups = "".join(f", {key} {value['map']:.2f}" for key, value in sorted(result["test_groups"].items()))
-    dropped = result["test_map_with_positives"]
-    mode = result.get("evaluation", {}).get("test")  # None in results written before it was recorded
-    return (
-        f"test mAP {result['test_map']:.2f} (classes without positives dropped: "
-        f"{'n/a' if dropped is None else format(dropped, '.2f')}{groups}) with the checkpoint of epoch "
-        f"{result['best_epoch']} (validation mAP {result['best_val_map']:.2f})"
-        + ("" if mode in (None, "all") else f"; evaluated on {catalog.EVALUATION[mode]}")
-    )
-
-
 def _lock_everywhere(lock) -> None:
     """Process 0 takes the workdir's lock; every process learns whether it did."""
     error = None
     if jax.process_index() == 0:
         try:
             lock.acquire()
-        except RunDirError as e:
+        except (RunDirError, OSError) as e:  # busy, unwritable, a full disk
             error = e
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -385,10 +405,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume, or just report) the whole protocol in `workdir`; returns the result."""
     configuration.check(config)
     run_dir = RunDir(workdir)
+    run_dir.check_usable()
     config_json = json.loads(config.to_json_best_effort())
     main_process = jax.process_index() == 0
     if run_dir.path.exists():
-        run_dir.check_config(config_json)
+        run_dir.check_config(config_json, configuration.CHANGEABLE_ON_RESUME)
         finished = run_dir.result()
         if finished is not None:
             if main_process:
@@ -396,24 +417,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             return finished
     mesh = sharding.make_mesh()
     dataset = catalog.open_dataset(config.data.name, configuration.data_dir(config))
-    configuration.check_with(config, dataset, mesh.size)
+    configuration.check_with(config, dataset, mesh.size, jax.process_count())
     if config.model.pretrained:
         pretrained.read_info(config.model.pretrained)  # missing weights: fail before the workdir exists
 
     created = not run_dir.path.exists()
-    run_dir.path.mkdir(parents=True, exist_ok=True)
+    with rundir.writing(workdir):
+        run_dir.path.mkdir(parents=True, exist_ok=True)
     lock = run_dir.lock()
     try:
         _lock_everywhere(lock)
-    except RunDirError:
+    except (RunDirError, OSError):
         if created and main_process and not any(run_dir.path.iterdir()):
             run_dir.path.rmdir()
         raise
     try:
+        changes = {}
+        if main_process:  # again, now that no other run can change the workdir
+            changes = run_dir.check_config(config_json, configuration.CHANGEABLE_ON_RESUME)
+        trainer = Trainer(config, run_dir, dataset, mesh, changes)  # restores: may still refuse to go on
         if main_process:
-            run_dir.check_config(config_json)  # again, now that no other run can change the workdir
             run_dir.store_config(config_json)
-        trainer = Trainer(config, run_dir, dataset, mesh)
         return trainer.run(heartbeat=lock.heartbeat if main_process else lambda: None)
     finally:
         if main_process:

@@ -11,9 +11,10 @@ of constraints.txt) and mounts the data bucket read-only with gcsfuse at /mnt/gc
 ArrayRecord files are read through that mount, each host reading only its own rows. Checkpoints and
 metrics go to the gs:// workdir directly (orbax), and the converted weights are read from gs://.
 `run` starts `python -m bridgegap_jax.main` on all workers at once (gcloud ... ssh --worker=all)
-and streams their output here (only process 0 prints); if the connection drops or a spot slice is
-preempted, `run` again resumes from the latest checkpoint. `logs` shows worker 0's log of the last
-run. --dry-run prints every command instead of running it.
+and streams their output here (only process 0 prints); if the connection drops, `run` again resumes
+from the latest checkpoint. A preempted spot or queued slice saves a checkpoint at the SIGTERM and
+is gone: `delete create setup run` with the same flags resumes it (README, Preemption). `logs`
+shows worker 0's log of the last run. --dry-run prints every command instead of running it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--runtime_version", help="TPU VM image (default: the generation's, see RUNTIME_VERSIONS)"
     )
     parser.add_argument(
-        "--spot", action="store_true", help="spot capacity: cheaper, may be preempted (rerun `run` to resume)"
+        "--spot",
+        action="store_true",
+        help="spot capacity: cheaper, may be preempted (then `delete create setup run` resumes)",
     )
     parser.add_argument(
         "--queued", action="store_true", help="create through a queued resource: waits for capacity"

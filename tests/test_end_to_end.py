@@ -82,3 +82,10 @@ def test_fake_openimages_trains_and_reports_observed_only_groups(tmp_path):
     assert 0 <= result["test_map"] <= result["test_map_with_positives"] <= 100
     with open(workdir / "test_class_ap.tsv") as f:
         assert len(f.read().splitlines()) == 1 + 5000
+    # The runs table of this result, as the trainer wrote it: a column per frequency group.
+    from test_report import parse
+
+    header, rows, _ = parse(run(env, "bridgegap_jax.report", str(workdir)).stdout)
+    assert header[header.index("test mAP") + 1 :][:5] == [f"group{g}" for g in range(1, 6)]
+    for name, group in result["test_groups"].items():
+        assert rows[0][name] == ("" if group["map"] is None else f"{group['map']:.2f}")

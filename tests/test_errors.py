@@ -36,8 +36,34 @@ def test_unknown_config_field_is_one_line_with_a_suggestion(tmp_path):
     message = one_line_error(
         run_main("--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", "--config.train.batchsize=8")
     )
-    assert "batchsize" in message and 'Did you mean "batch_size"' in message
+    assert message.endswith(
+        'field that does not exist: \'batchsize\'. Did you mean "batch_size" instead of "batchsize"? '
+        "(README, Running)"
+    )
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    "flag,expected",
+    [
+        ("--workdir=", "error: --workdir must name the run's folder, e.g. --workdir=runs/demo"),
+        (
+            "--config.train.lr=abc",
+            "error: flag --config.train.lr=abc: could not convert string to float: 'abc'",
+        ),
+        (
+            "--config=configs/nope.py",
+            f"error: --config=configs/nope.py: no such file (a relative path starts at the current directory, "
+            f"{ROOT}); name a file of the repository's configs/",
+        ),
+    ],
+)
+def test_a_flag_mistake_is_one_line_and_writes_nothing(tmp_path, flag, expected):
+    """An empty --workdir used to train in the current directory (here: the repository's root)."""
+    before = sorted(os.listdir(ROOT))
+    message = one_line_error(run_main("--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", flag))
+    assert message.startswith(expected)
+    assert sorted(os.listdir(ROOT)) == before and not (tmp_path / "run").exists()
 
 
 def test_missing_dataset_names_the_folder_and_the_prepare_command(tmp_path):

@@ -1,12 +1,16 @@
 """Faults and bad input: every failure a user can meet is a clear refusal or a clean recovery.
 
 Each test reproduces one way a run went wrong before (a changed config on a finished workdir,
-corrupt JPEGs, divergence, two runs on one workdir, bad config values, Ctrl-C, a full disk, a
-damaged shard, broken weight files, a crash during a checkpoint save) and checks what happens now.
+corrupt JPEGs, divergence and its remedy, two runs on one workdir, damaged locks, bad config values,
+Ctrl-C, a full disk, unwritable or damaged workdirs, a damaged shard, broken weight files, SIGTERM,
+a crash during a checkpoint save, damaged checkpoints) and checks what happens now.
 """
 
+import errno
+import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +23,18 @@ import numpy as np
 import pytest
 from helpers import ROOT, TINY_DEMO, demo_flags, latest_checkpoint, one_line_error, run
 
-from bridgegap_jax import configuration, images, losses, rundir, schemes, trainer
+from bridgegap_jax import (
+    checkpoint,
+    configuration,
+    images,
+    input_pipeline,
+    losses,
+    report,
+    rundir,
+    schemes,
+    stopping,
+    trainer,
+)
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.prepare import cli, fake, writer
 from bridgegap_jax.run_log import RunLog
@@ -42,6 +57,27 @@ def finished(demo_data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("finished") / "run")
     trainer.train_and_evaluate(config, workdir)
     return workdir, config
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_data_dir, tmp_path_factory):
+    """The tiny demo run (helpers.TINY_DEMO, 2 epochs) never interrupted: (workdir, result)."""
+    from configs import demo
+
+    config = tiny(demo.get_config(), data__data_dir=demo_data_dir)
+    workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
+    return workdir, trainer.train_and_evaluate(config, workdir)
+
+
+def assert_ends_as(workdir, uninterrupted):
+    """`workdir` finished with the uninterrupted run's result and, bit for bit, its parameters."""
+    result = json.loads(open(os.path.join(workdir, rundir.RESULT_FILE)).read())
+    for key in ("test_map", "best_epoch", "best_val_map"):
+        assert result[key] == uninterrupted[1][key], key
+    step_a, params_a = latest_params(uninterrupted[0])
+    step_b, params_b = latest_params(workdir)
+    assert step_a == step_b == 50
+    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
 
 
 def latest_params(workdir):
@@ -133,6 +169,25 @@ def test_a_non_finite_step_stops_the_run_and_never_reaches_a_checkpoint(tiny_con
     step, params = latest_params(workdir)
     assert step == 1 and all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(params))
     assert not os.path.exists(os.path.join(workdir, rundir.LOCK_FILE))  # released on the way out
+    # The README's remedy is accepted; at this lr every step after the first is non-finite (parameters
+    # of ~1e20), so the epoch ends with the non-finite line.
+    tiny_config.train.nonfinite, tiny_config.train.checkpoint_every_steps = "skip", 10
+    with pytest.raises(trainer.NonFiniteError, match="all 24 training steps of epoch 1 were skipped"):
+        trainer.train_and_evaluate(tiny_config, workdir)
+    # Back to 'stop' with skipped steps in the checkpoint (step 20): 'stop' would take them for new ones.
+    tiny_config.train.nonfinite = "stop"
+    with pytest.raises(configuration.ConfigError, match="step 20 holds 19 step.s. skipped as non-finite"):
+        trainer.train_and_evaluate(tiny_config, workdir)
+
+
+def test_a_model_diverged_under_skip_ends_with_the_non_finite_line(tiny_config, tmp_path):
+    """Not a traceback of NaN scores: the first step makes the parameters ~1e20, the rest are skipped."""
+    tiny(tiny_config, train__lr=1e20, train__nonfinite="skip", train__num_epochs=1)
+    with pytest.raises(
+        trainer.NonFiniteError,
+        match=r"the validation scores are not finite at epoch 1: .*24 non-finite step\(s\) skipped",
+    ):
+        trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
 
 
 class NaNEveryThirdBatch(schemes.Scheme):
@@ -159,6 +214,32 @@ def test_the_skip_policy_drops_non_finite_steps(tiny_config, tmp_path):
     skipped = [r["skipped_steps"] for r in records if r["kind"] == "train"]
     assert 0 < skipped[-1] < 25 and skipped == sorted(skipped)  # counted as they happen
     assert np.isfinite(result["test_map"])
+
+
+def test_the_readme_remedy_for_divergence_resumes_with_skip(tiny_config, tmp_path):
+    """Stopped at the first non-finite step, the same workdir resumes with --config.train.nonfinite=skip
+    (README, When things go wrong), and the change is recorded."""
+    schemes.register(NaNEveryThirdBatch)
+    workdir = str(tmp_path / "run")
+    try:
+        tiny(tiny_config, loss__scheme="test-nan", train__num_epochs=1, train__checkpoint_every_steps=1)
+        with pytest.raises(trainer.NonFiniteError, match="stopped without saving; the latest checkpoint"):
+            trainer.train_and_evaluate(tiny_config, workdir)
+        step, _ = latest_params(workdir)
+        tiny_config.train.nonfinite, tiny_config.train.checkpoint_every_steps = (
+            "skip",
+            100,
+        )  # fewer saves, too
+        result = trainer.train_and_evaluate(tiny_config, workdir)
+    finally:
+        del schemes.REGISTRY["test-nan"]
+    assert np.isfinite(result["test_map"])
+    with open(os.path.join(workdir, rundir.METRICS_FILE)) as f:
+        changes = [json.loads(line) for line in f if '"kind": "config"' in line]
+    assert [(r["step"], r["changed"]) for r in changes] == [
+        (step, {"train.checkpoint_every_steps": [1, 100], "train.nonfinite": ["stop", "skip"]})
+    ]
+    assert json.loads(open(os.path.join(workdir, rundir.CONFIG_FILE)).read())["train"]["nonfinite"] == "skip"
 
 
 # --- 4. two runs on one workdir -----------------------------------------------------------------
@@ -228,6 +309,35 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_config, tmp_path):
         trainer.train_and_evaluate(tiny_config, str(workdir))
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        "",  # created, then the disk was full (or the machine went down) before a byte was written
+        '{"host": "vm", "pid": 12',  # cut short
+        "[1, 2]",  # not ours
+        '{"pid": -1, "heartbeat": "2020-01-01T00:00:00"}',  # no host, a time without a zone
+    ],
+)
+def test_a_lock_that_does_not_read_or_names_no_live_process_is_taken_over(tmp_path, record):
+    (tmp_path / rundir.LOCK_FILE).write_text(record)
+    lock = rundir.RunDir(str(tmp_path)).lock()
+    lock.acquire()
+    assert json.loads((tmp_path / rundir.LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / rundir.LOCK_FILE).exists()
+
+
+def test_a_lock_cut_short_by_a_full_disk_is_not_left_behind(tmp_path, monkeypatch):
+    def full_disk(fd, mode):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        rundir.RunDir(str(tmp_path)).lock().acquire()
+    assert not (tmp_path / rundir.LOCK_FILE).exists()
+
+
 # --- 5, 6. config values that cannot run ---------------------------------------------------------
 @pytest.mark.parametrize(
     "field,value",
@@ -249,6 +359,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_config, tmp_path):
         ("data.resize", "area"),
         ("train.nonfinite", "ignore"),
         ("data.workers", -1),
+        ("data.image_size", 100000),  # accepted, it failed at once: "Unable to allocate 1.75 TiB"
         ("train.head_lr_mult", 0.0),
     ],
 )
@@ -275,8 +386,25 @@ def test_a_refused_config_is_one_line_from_the_command(demo_data_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_sizes_that_do_not_fit_the_host_name_what_they_need(tiny_config, tmp_path, monkeypatch):
+    """Sizes a user can get wrong by a few zeros, tried at values that would be harmless if accepted."""
+    monkeypatch.setattr(configuration, "host_memory", lambda: 2**19)  # this host: 512 KiB
+    with pytest.raises(
+        configuration.ConfigError,
+        match=r"config.train.batch_size=64: would need 576.0 KiB of host memory, more than the 512.0 KiB here: "
+        r"the input pipeline holds 3 batches of this process's 64 images of 32x32 \(uint8\)",
+    ):
+        trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    monkeypatch.undo()
+    tiny_config.data.workers = configuration.WORKERS_PER_CORE * input_pipeline.default_workers() + 1
+    with pytest.raises(configuration.ConfigError, match="data.workers=.*must be at most 4 per CPU core"):
+        trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 # --- 7. tracebacks that are now one line (Ctrl-C: tests/test_console.py) ----------------------
 def test_a_full_disk_is_one_line(demo_data_dir, tmp_path):
+    """Only our line: what orbax logs and its threads print as the save fails is dropped."""
     done = run(
         os.path.join("tests", "fault_driver.py"),
         "disk-full",
@@ -285,6 +413,70 @@ def test_a_full_disk_is_one_line(demo_data_dir, tmp_path):
     )
     message = one_line_error(done)
     assert "no space left on the device holding" in message and "from its checkpoint at step 10" in message
+
+
+@pytest.fixture
+def file_in_the_way(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["workdir is a file", "workdir under a file", "read-only file system", "demo data dir under a file"],
+)
+def test_a_workdir_or_data_dir_that_cannot_be_written_is_one_line(demo_data_dir, file_in_the_way, case):
+    data_dir = file_in_the_way / "data" if case == "demo data dir under a file" else demo_data_dir
+    workdir = file_in_the_way if case == "workdir is a file" else file_in_the_way.parent / "run"
+    if case == "workdir under a file":
+        workdir = file_in_the_way / "run"
+    flags = demo_flags(workdir, data_dir)
+    driver = [os.path.join("tests", "fault_driver.py"), "read-only", "0"]
+    message = one_line_error(
+        run(*(driver if case == "read-only file system" else ["-m", "bridgegap_jax.main"]), *flags)
+    )
+    expected = {
+        "workdir is a file": f"--workdir={workdir} is a file, not a folder: choose another --workdir",
+        "workdir under a file": f"cannot write in --workdir={workdir} (Not a directory: {workdir}); choose a",
+        "read-only file system": f"cannot write in --workdir={workdir} (Read-only file system: {workdir});",
+        "demo data dir under a file": f"cannot build the demo dataset in config.data.data_dir='{data_dir}' (Not a",
+    }[case]
+    assert expected in message
+    assert file_in_the_way.read_text() == "not a folder" and not (file_in_the_way.parent / "run").exists()
+
+
+@pytest.mark.parametrize("name", [rundir.CONFIG_FILE, rundir.RESULT_FILE])
+def test_a_damaged_config_or_result_file_is_one_line_naming_it(finished, demo_data_dir, tmp_path, name):
+    workdir = shutil.copytree(finished[0], tmp_path / "run")
+    (workdir / name).write_text('{"seed": ')  # cut short
+    message = one_line_error(
+        run("-m", "bridgegap_jax.main", *demo_flags(workdir, demo_data_dir, train__num_epochs=1))
+    )
+    what_to_do = {
+        rundir.CONFIG_FILE: "delete it to go on with the config of your command (only if it is that one)",
+        rundir.RESULT_FILE: "delete it, and the command that trained this run tests its best checkpoint again",
+    }[name]
+    assert (
+        message.startswith(f"error: {workdir / name} is damaged (Expecting value") and what_to_do in message
+    )
+    assert report.main([str(workdir)]) == 2  # the report names it too
+
+
+def test_a_damaged_best_checkpoint_stops_a_resumed_run_at_its_start(finished, tmp_path):
+    workdir, config = finished
+    workdir = shutil.copytree(workdir, tmp_path / "run")
+    (workdir / rundir.RESULT_FILE).unlink()  # the test would run again, with the best checkpoint
+    largest = max((workdir / "checkpoints" / "best").glob("*/model/ocdbt.process_0/d/*"), key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(os.path.getsize(largest) // 2)
+    metrics = (workdir / rundir.METRICS_FILE).read_text()
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"the best checkpoint .*best/25, the model this run would"
+    ):
+        trainer.train_and_evaluate(config, str(workdir))
+    assert (workdir / rundir.METRICS_FILE).read_text() == metrics  # refused before anything was written
+    assert not (workdir / rundir.LOCK_FILE).exists()
 
 
 def test_a_damaged_shard_is_named(demo_data_dir, tmp_path):
@@ -350,21 +542,97 @@ def test_metrics_are_strict_json_with_null_for_non_finite_values(tmp_path):
     assert record["loss"] is None and record["images_per_second"] is None and record["k"] == 2
 
 
-# --- a crash in the middle of a checkpoint save ----------------------------------------------------
-def test_a_kill_during_a_checkpoint_save_resumes_to_the_same_end(tiny_config, demo_data_dir, tmp_path):
-    tiny(tiny_config, data__data_dir=demo_data_dir)
-    whole = trainer.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
+# --- SIGTERM, a crash in the middle of a checkpoint save, a damaged checkpoint ------------------
+def package_only(tmp_path) -> dict:
+    """An environment in which bridgegap_jax imports from this checkout but `configs` does not, as
+    after `pip install`: a config file given by its path must find its own package."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "bridgegap_jax").symlink_to(os.path.join(ROOT, "bridgegap_jax"))
+    return dict(os.environ, PYTHONPATH=str(site))
+
+
+def test_sigterm_a_kill_in_a_save_and_a_damaged_checkpoint_resume_to_the_uninterrupted_end(
+    uninterrupted, demo_data_dir, tmp_path
+):
     split = str(tmp_path / "split")
     flags = demo_flags(split, demo_data_dir)
-    killed = run(os.path.join("tests", "fault_driver.py"), "kill-during-save", "35", *flags)
+
+    # 1. SIGTERM mid-epoch, as a preempted machine sends it; started from another directory with the
+    # config file's absolute path.
+    config_file = os.path.join(ROOT, "configs", "demo.py")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "bridgegap_jax.main", f"--config={config_file}", *flags[1:]],
+        cwd=tmp_path,
+        env=package_only(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in first.stdout:
+        if line.startswith("epoch 1/2 step 15/25"):
+            first.send_signal(signal.SIGTERM)
+            break
+    _, stderr = first.communicate(timeout=300)
+    step, _ = latest_params(split)
+    assert first.returncode == 143, stderr[-3000:]
+    assert stderr == (
+        f"error: stopped by SIGTERM at step {step}; rerun the same command to resume {split} from its "
+        f"checkpoint at step {step}\n"
+    )
+    assert 15 <= step < 25  # the next step after the signal, mid-epoch
+    assert not os.path.exists(os.path.join(split, rundir.LOCK_FILE))
+
+    # 2. Resumed with fields that only decide what happens next changed, then killed during the save
+    # of step 35 (orbax writes asynchronously: the kill lands in the middle of the write).
+    changed = [*flags, "--config.train.log_every_steps=7", "--config.data.workers=2"]
+    killed = run(os.path.join("tests", "fault_driver.py"), "kill-during-save", "35", *changed)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert f"resuming {split} at step {step}: epoch 1, step {step} of 25" in killed.stdout
     assert os.path.exists(os.path.join(split, rundir.LOCK_FILE))  # left behind by the killed process
-    resumed = run("-m", "bridgegap_jax.main", *flags)
-    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr[-3000:]
-    result = json.loads(open(os.path.join(split, rundir.RESULT_FILE)).read())
-    for key in ("test_map", "best_epoch", "best_val_map"):
-        assert result[key] == whole[key], key
-    step_a, params_a = latest_params(str(tmp_path / "whole"))
-    step_b, params_b = latest_params(split)
-    assert step_a == step_b == 50
-    jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+    # 3. The newest checkpoint left (step 25, the end of epoch 1) damaged: the one before it is used.
+    latest = os.path.join(split, "checkpoints", "latest")
+    saved = sorted(int(name) for name in os.listdir(latest) if name.isdigit())
+    assert saved[-1] == 25 and saved[-2] in (20, step)  # 35 was never committed
+    data = max(
+        glob.glob(os.path.join(latest, "25", "state", "ocdbt.process_0", "d", "*")), key=os.path.getsize
+    )
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    resumed = run("-m", "bridgegap_jax.main", *changed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert re.search(
+        rf"^the checkpoint at step 25 cannot be restored \(.+\); set aside as {latest}/damaged_25, resuming from "
+        rf"the one at step {saved[-2]}$",
+        resumed.stdout,
+        re.MULTILINE,
+    ), resumed.stdout
+    assert os.path.isdir(os.path.join(latest, "damaged_25"))
+
+    assert_ends_as(split, uninterrupted)
+    with open(os.path.join(split, rundir.METRICS_FILE)) as f:
+        changes = [(r["step"], r["changed"]) for r in map(json.loads, f) if r["kind"] == "config"]
+    assert changes == [(step, {"data.workers": [0, 2], "train.log_every_steps": [5, 7]})]
+
+
+def test_a_stop_during_a_validation_saves_where_training_stood(
+    uninterrupted, tiny_config, tmp_path, monkeypatch
+):
+    """The stop asked for by a signal (stopping.py) in the middle of epoch 1's validation: the epoch's
+    training is saved and the validation is done again, then saved over the same step."""
+    evaluate = trainer.Trainer._evaluate
+
+    def signal_during_validation(self, split, model_vars, batches):
+        monkeypatch.setattr(stopping, "_received", signal.SIGTERM)
+        return evaluate(self, split, model_vars, batches)
+
+    monkeypatch.setattr(trainer.Trainer, "_evaluate", signal_during_validation)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(stopping.Stopped, match="stopped by SIGTERM at step 25"):
+        trainer.train_and_evaluate(tiny_config, workdir)
+    step, _ = latest_checkpoint(workdir)
+    assert step == 25 and "validation" not in open(os.path.join(workdir, rundir.METRICS_FILE)).read()
+    monkeypatch.undo()
+    trainer.train_and_evaluate(tiny_config, workdir)
+    assert_ends_as(workdir, uninterrupted)

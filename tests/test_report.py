@@ -115,7 +115,10 @@ def test_one_row_per_run_with_differing_fields_scores_and_status(tmp_path, capsy
 
 
 def test_openimages_groups_get_columns(tmp_path, capsys):
-    groups = {f"group{g}": 10.0 * g for g in range(1, 6)}
+    """Groups as the trainer writes them (a group without an observed class has a null mAP);
+    tests/test_end_to_end.py reports a real run's."""
+    groups = {f"group{g}": {"map": 10.0 * g, "map_with_positives": 11.0 * g} for g in range(1, 5)}
+    groups["group5"] = {"map": None, "map_with_positives": None}
     runs = [
         workdir(tmp_path / "a", config(), result(30.0, groups=groups)),
         workdir(tmp_path / "b", config(seed=1), result(31.0)),
@@ -123,7 +126,8 @@ def test_openimages_groups_get_columns(tmp_path, capsys):
     report.main(runs)
     header, rows, _ = parse(capsys.readouterr().out)
     assert header[header.index("test mAP") + 1 :][:5] == ["group1", "group2", "group3", "group4", "group5"]
-    assert rows[0]["group5"] == "50.00" and rows[1]["group5"] == ""
+    assert rows[0]["group4"] == "40.00" and rows[1]["group4"] == ""
+    assert rows[0]["group5"] == ""
 
 
 def test_seeds_groups_runs_that_differ_only_in_seed(tmp_path, capsys):

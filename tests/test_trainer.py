@@ -105,10 +105,18 @@ def test_a_workdir_refuses_another_config(tiny_config, tmp_path):
     run_dir.store_config(json.loads(tiny_config.to_json_best_effort()))
     tiny_config.model.alpha = 1.0
     changed = json.loads(tiny_config.to_json_best_effort())
-    run_dir.check_config(changed)  # nothing trained yet: the config may still change
+    changeable = configuration.CHANGEABLE_ON_RESUME
+    assert run_dir.check_config(changed, changeable) == {}  # nothing trained yet: the config may still change
     (tmp_path / "checkpoints" / "latest" / "25").mkdir(parents=True)  # a checkpoint of the stored config
-    with pytest.raises(rundir.RunDirError, match="unfinished run made with another config.*model.alpha"):
-        run_dir.check_config(changed)
+    with pytest.raises(
+        rundir.RunDirError,
+        match=r"holds an unfinished run made with another config \(differing: model.alpha\)",
+    ):
+        run_dir.check_config(changed, changeable)
+    tiny_config.model.alpha, tiny_config.data.workers = 5.0, 2  # only what happens from now on
+    assert run_dir.check_config(json.loads(tiny_config.to_json_best_effort()), changeable) == {
+        "data.workers": [0, 2]
+    }
 
 
 def test_a_relative_workdir_works(tiny_config, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ open on their own.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 
 import numpy as np
@@ -184,7 +185,16 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
         if name in BUILT_IN and not _versions(root):
             from bridgegap_jax.prepare import built_in
 
-            built_in.build(data_dir, name)
+            try:
+                built_in.build(data_dir, name)
+            except OSError as error:  # a full disk stays itself: main names it
+                if error.errno == errno.ENOSPC:
+                    raise
+                raise DataError(
+                    f"cannot build the {name} dataset in config.data.data_dir={data_dir!r} "
+                    f"({error.strerror or error}: {error.filename}); point --config.data.data_dir at a folder "
+                    "you can write to"
+                ) from None
         versions = _versions(root)
         if not versions:
             raise DatasetNotFoundError(

@@ -1,9 +1,8 @@
 """`python -m bridgegap_jax.main` with shortened epochs, for the multi-process tests.
 
-    python tests/multidevice/multihost_driver.py STEPS_PER_EPOCH CRASH_AFTER MAIN_FLAGS...
+    python tests/multidevice/multihost_driver.py STEPS_PER_EPOCH MAIN_FLAGS...
 
-Each epoch has at most STEPS_PER_EPOCH batches (the demo has 100), so a 2-process run takes
-seconds; with CRASH_AFTER > 0 the run raises after that many training batches, as a crash would.
+Each epoch has at most STEPS_PER_EPOCH batches (the demo has 100), so a 2-process run takes seconds.
 """
 
 import os
@@ -11,10 +10,6 @@ import sys
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.dirname(TESTS), TESTS]  # the repo root, and tests/ for helpers
-
-
-class Crash(Exception):
-    pass
 
 
 def shorten(input_pipeline, steps_per_epoch: int) -> object:
@@ -26,19 +21,9 @@ def shorten(input_pipeline, steps_per_epoch: int) -> object:
     return original
 
 
-def crash_after(sharding, num_batches: int) -> None:
-    """Raise Crash when the trainer asks for training batch `num_batches` + 1 (after that many steps)."""
-    from helpers import failing_prefetch
-
-    crash = lambda: Crash(f"crash after {num_batches} batches")  # noqa: E731
-    sharding.prefetch_to_device = failing_prefetch(sharding.prefetch_to_device, num_batches, crash)
-
-
 if __name__ == "__main__":
-    from bridgegap_jax import input_pipeline, main, sharding
+    from bridgegap_jax import input_pipeline, main
 
     shorten(input_pipeline, int(sys.argv[1]))
-    if int(sys.argv[2]) > 0:
-        crash_after(sharding, int(sys.argv[2]))
-    sys.argv = [sys.argv[0]] + sys.argv[3:]
+    sys.argv = [sys.argv[0]] + sys.argv[2:]
     main.run()
