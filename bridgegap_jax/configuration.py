@@ -1,24 +1,26 @@
 """The run's config: checked completely before anything is written, then turned into the run's parts.
 
-`check(config)` checks every field on its own (types, ranges, known names, sizes); `check_with(config,
-dataset, num_devices, process_count)` the rules that need the dataset, the devices and this host's
-memory. A refused config raises ConfigError naming the field and the fix, before the workdir
-exists. The builders below are the only place where config fields become a model, an optimizer, a
-loss scheme or pipeline options.
+`check(config)` applies RULES, one table of every field's type, range or choices and message (and
+the few rules between fields); `check_with(config, dataset, num_devices, process_count)` the rules
+that need the dataset, the devices and this host's memory. A refused config raises ConfigError
+naming the field and what it allows, before the workdir exists; nothing downstream checks again.
+The builders below are the only place where config fields become a model, an optimizer, a loss
+scheme or pipeline options.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, NamedTuple
 
 import ml_collections
 
-from bridgegap_jax import images, input_pipeline, schemes, steps
-from bridgegap_jax.errors import UserError
+from bridgegap_jax import images, input_pipeline, models, schemes, steps
 from bridgegap_jax.datasets import catalog, masks
-from bridgegap_jax.layers import BATCH_NORMS, MAX_POOLS, STEMS
-from bridgegap_jax.models import RESNET_STAGES
+from bridgegap_jax.errors import UserError
+from bridgegap_jax.layers import SPEED_OPTIONS
 
 NONFINITE_POLICIES = ("stop", "skip")
 LR_DECAYS = ("none", "cosine")
@@ -54,176 +56,171 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-    """Every field on its own: raises ConfigError for the first that cannot run."""
-    data, model, loss, train = config.data, config.model, config.loss, config.train
-    _require(_is_int(config.seed), "seed", config.seed, "must be an integer")
-    name_problem = catalog.name_problem(data.name)
-    _require(name_problem is None, "data.name", data.name, name_problem)
-    _require(
-        isinstance(data.data_dir, str) and data.data_dir != "",
-        "data.data_dir",
-        data.data_dir,
-        "must be the folder that holds the prepared datasets",
-    )
-    _require(
-        _is_int(data.image_size) and data.image_size >= 32,
-        "data.image_size",
-        data.image_size,
-        "must be an integer >= 32 (the ResNet downsamples by 32: at least one CAM cell)",
-    )
-    _require(
-        data.image_size <= MAX_IMAGE_SIZE,
-        "data.image_size",
-        data.image_size,
-        f"must be <= {MAX_IMAGE_SIZE}: one image of that size is {memory(batch_bytes(1, data.image_size))} of host "
-        "memory as uint8, a batch of them that many times more, and their activations far more on the devices "
-        "(the protocol uses 448)",
-    )
-    _require(
-        data.resize in images.RESIZE_METHODS,
-        "data.resize",
-        data.resize,
-        f"must be one of {', '.join(images.RESIZE_METHODS)}",
-    )
-    _require(
-        data.train_labels in input_pipeline.TRAIN_LABELS,
-        "data.train_labels",
-        data.train_labels,
-        f"must be one of {', '.join(input_pipeline.TRAIN_LABELS)}",
-    )
+def _at_least(minimum: int) -> Callable[[Any], bool]:
+    return lambda value: _is_int(value) and value >= minimum
+
+
+def _positive(value) -> bool:
+    return _is_number(value) and value > 0
+
+
+def _observation_parses(value) -> bool:
     try:
-        simulated = masks.parse(data.observation) is not None
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    _require(
-        not simulated or data.train_labels == "observed",
+        masks.parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+class Rule(NamedTuple):
+    """`field`'s value must pass `allows`, else ConfigError `config.FIELD=VALUE: ALLOWED`."""
+
+    field: str
+    allows: Callable[[Any], bool]  # the value -> whether it can run; with `across`, the config -> ...
+    allowed: str | Callable[[Any], str]  # what can; a function of the value where the message needs it
+    across: bool = False  # a rule between fields: `allows` reads the config (its fields checked before)
+
+
+def one_of(field: str, choices, why: str = "") -> Rule:
+    """`field` must be one of `choices`, a registry read when checked (schemes.register adds to it)."""
+    return Rule(
+        field,
+        lambda value: isinstance(value, Hashable) and value in choices,
+        lambda _: f"must be one of {', '.join(map(str, choices))}{why}",
+    )
+
+
+# Every rule of a config on its own (the dataset, the devices and this host's memory: check_with),
+# in the order they are checked; the modules that read a field hold its choices.
+RULES = (
+    Rule("seed", _is_int, "must be an integer"),
+    Rule("data.name", lambda name: catalog.name_problem(name) is None, catalog.name_problem),
+    Rule(
+        "data.data_dir",
+        lambda value: isinstance(value, str) and value != "",
+        "must be the folder that holds the prepared datasets",
+    ),
+    Rule(
+        "data.image_size",
+        _at_least(32),
+        "must be an integer >= 32 (the ResNet downsamples by 32: at least one CAM cell)",
+    ),
+    Rule(
+        "data.image_size",
+        lambda size: size <= MAX_IMAGE_SIZE,
+        lambda size: (
+            f"must be <= {MAX_IMAGE_SIZE}: one image of that size is {memory(batch_bytes(1, size))} of "
+            "host memory as uint8, a batch of them that many times more, and their activations far more on the "
+            "devices (the protocol uses 448)"
+        ),
+    ),
+    one_of("data.resize", images.RESIZE_METHODS),
+    one_of("data.train_labels", input_pipeline.TRAIN_LABELS),
+    Rule("data.observation", _observation_parses, f"must be {masks.ALLOWED}"),
+    Rule(
         "data.observation",
-        data.observation,
+        lambda config: masks.parse(config.data.observation) is None or config.data.train_labels == "observed",
         "simulates observed labels from the full labels, so it needs config.data.train_labels=observed",
-    )
-    _require(
-        data.workers is None or (_is_int(data.workers) and data.workers >= 0),
+        across=True,
+    ),
+    Rule(
         "data.workers",
-        data.workers,
+        lambda workers: workers is None or _at_least(0)(workers),
         "must be None (one decoding process per CPU core), 0 (decode in the training process) or a count",
-    )
-    cores = input_pipeline.default_workers()
-    _require(
-        data.workers is None or data.workers <= WORKERS_PER_CORE * cores,
+    ),
+    Rule(
         "data.workers",
-        data.workers,
-        f"must be at most {WORKERS_PER_CORE} per CPU core ({WORKERS_PER_CORE * cores} here): each is a process of "
-        "its own, with its memory and 2 batches in shared memory, and more of them only compete for the cores",
-    )
-    _require(
-        model.depth in RESNET_STAGES, "model.depth", model.depth, f"must be one of {sorted(RESNET_STAGES)}"
-    )
-    _require(
-        _is_int(model.width) and model.width >= 1, "model.width", model.width, "must be a positive integer"
-    )
-    _require(
-        _is_number(model.alpha) and model.alpha > 0,
-        "model.alpha",
-        model.alpha,
-        "must be > 0 (BoostLU's factor on positive CAM cells; 1 = no boost)",
-    )
-    _require(
-        model.dtype in steps.DTYPES, "model.dtype", model.dtype, f"must be one of {', '.join(steps.DTYPES)}"
-    )
-    _require(
-        model.head_dtype in steps.DTYPES,
-        "model.head_dtype",
-        model.head_dtype,
-        f"must be one of {', '.join(steps.DTYPES)}",
-    )
-    for field, allowed in (("batch_norm", BATCH_NORMS), ("max_pool", MAX_POOLS), ("stem", STEMS)):
-        _require(
-            model[field] in allowed, f"model.{field}", model[field], f"must be one of {', '.join(allowed)}"
-        )
-    _require(
-        isinstance(model.pretrained, str),
+        lambda workers: workers is None or workers <= WORKERS_PER_CORE * input_pipeline.default_workers(),
+        lambda _: (
+            f"must be at most {WORKERS_PER_CORE} per CPU core ({WORKERS_PER_CORE * input_pipeline.default_workers()} "
+            "here): each is a process of its own, with its memory and 2 batches in shared memory, and more of them "
+            "only compete for the cores"
+        ),
+    ),
+    one_of("model.depth", models.RESNET_STAGES),
+    Rule("model.width", _at_least(1), "must be a positive integer"),
+    Rule("model.alpha", _positive, "must be > 0 (BoostLU's factor on positive CAM cells; 1 = no boost)"),
+    one_of("model.dtype", models.DTYPES),
+    *(one_of(f"model.{option.field}", option.choices) for option in SPEED_OPTIONS),
+    Rule(
         "model.pretrained",
-        model.pretrained,
+        lambda path: isinstance(path, str),
         "must be a converted trunk's folder, or '' to train from scratch",
-    )
-    _require(
-        _is_int(model.bn_group_size) and model.bn_group_size >= 0,
+    ),
+    Rule(
         "model.bn_group_size",
-        model.bn_group_size,
+        _at_least(0),
         "must be 0 (BatchNorm over the whole batch, the protocol) or a group size such as 16",
-    )
-    _require(
-        loss.scheme in schemes.REGISTRY,
-        "loss.scheme",
-        loss.scheme,
-        f"must be one of {', '.join(schemes.REGISTRY)}",
-    )
-    _require(
-        loss.delta_rel is None or (_is_number(loss.delta_rel) and 0 <= loss.delta_rel < 1),
+    ),
+    one_of("loss.scheme", schemes.REGISTRY),
+    Rule(
         "loss.delta_rel",
-        loss.delta_rel,
+        lambda delta: delta is None or (_is_number(delta) and 0 <= delta < 1),
         "must be in [0, 1), or None for the scheme's paper value",
-    )
-    for field in ("batch_size", "eval_batch_size", "num_epochs", "log_every_steps", "checkpoint_every_steps"):
-        value = train[field]
-        _require(_is_int(value) and value >= 1, f"train.{field}", value, "must be an integer >= 1")
-    _require(_is_number(train.lr) and train.lr > 0, "train.lr", train.lr, "must be > 0")
-    _require(
-        _is_number(train.head_lr_mult) and train.head_lr_mult > 0,
-        "train.head_lr_mult",
-        train.head_lr_mult,
-        "must be > 0",
-    )
-    _require(
-        train.optimizer in steps.OPTIMIZERS,
-        "train.optimizer",
-        train.optimizer,
-        f"must be one of {', '.join(steps.OPTIMIZERS)}",
-    )
-    _require(
-        train.weight_decay is None or (_is_number(train.weight_decay) and train.weight_decay >= 0),
+    ),
+    *(
+        Rule(f"train.{field}", _at_least(1), "must be an integer >= 1")
+        for field in (
+            "batch_size",
+            "eval_batch_size",
+            "num_epochs",
+            "log_every_steps",
+            "checkpoint_every_steps",
+        )
+    ),
+    Rule("train.lr", _positive, "must be > 0"),
+    Rule("train.head_lr_mult", _positive, "must be > 0"),
+    one_of("train.optimizer", steps.OPTIMIZERS),
+    Rule(
         "train.weight_decay",
-        train.weight_decay,
+        lambda decay: decay is None or (_is_number(decay) and decay >= 0),
         "must be >= 0, or None for the optimizer's paper value",
-    )
-    _require(
-        train.optimizer != "adam" or not train.weight_decay,
+    ),
+    Rule(
         "train.weight_decay",
-        train.weight_decay,
+        lambda config: config.train.optimizer != "adam" or not config.train.weight_decay,
         "adam trains without weight decay (the protocol): leave it None, or choose "
         "--config.train.optimizer=lamb or lars",
-    )
-    _require(
-        train.nonfinite in NONFINITE_POLICIES,
+        across=True,
+    ),
+    one_of(
         "train.nonfinite",
-        train.nonfinite,
-        "must be 'stop' (end the run at the first non-finite loss or gradient) or 'skip' (drop such steps)",
-    )
-    _require(
-        train.lr_scaling in steps.LR_SCALINGS,
-        "train.lr_scaling",
-        train.lr_scaling,
-        f"must be one of {', '.join(steps.LR_SCALINGS)} (from the protocol's batch of {steps.REFERENCE_BATCH})",
-    )
-    _require(
-        _is_number(train.warmup_epochs) and 0 <= train.warmup_epochs <= train.num_epochs,
+        NONFINITE_POLICIES,
+        " ('stop': end the run at the first non-finite loss or gradient; 'skip': drop such steps)",
+    ),
+    one_of("train.lr_scaling", steps.LR_SCALINGS, f" (from the protocol's batch of {steps.REFERENCE_BATCH})"),
+    Rule(
         "train.warmup_epochs",
-        train.warmup_epochs,
+        lambda config: (
+            _is_number(config.train.warmup_epochs)
+            and 0 <= config.train.warmup_epochs <= config.train.num_epochs
+        ),
         "must be between 0 and train.num_epochs",
-    )
-    _require(
-        train.lr_decay in LR_DECAYS,
-        "train.lr_decay",
-        train.lr_decay,
-        f"must be one of {', '.join(LR_DECAYS)}",
-    )
-    _require(
-        _is_int(loss.group_size) and loss.group_size >= 0,
+        across=True,
+    ),
+    one_of("train.lr_decay", LR_DECAYS),
+    Rule(
         "loss.group_size",
-        loss.group_size,
+        _at_least(0),
         "must be 0 (rank the whole batch, the protocol) or a group size such as 16",
-    )
+    ),
+)
+
+
+def check(config: ml_collections.ConfigDict, only: Sequence[str] = ()) -> None:
+    """Every rule of RULES (or of the fields that start with one of `only`), in order: raises
+    ConfigError for the first that the config breaks."""
+    for rule in RULES:
+        if only and not rule.field.startswith(tuple(only)):
+            continue
+        section, _, name = rule.field.rpartition(".")
+        fields = config[section] if section else config
+        if name not in fields:
+            raise ConfigError(f"config.{rule.field} is missing (configs/base.py has every field)")
+        value = fields[name]
+        if not rule.allows(config if rule.across else value):
+            allowed = rule.allowed if isinstance(rule.allowed, str) else rule.allowed(value)
+            raise ConfigError(f"config.{rule.field}={value!r}: {allowed}")
 
 
 def check_with(
@@ -265,20 +262,15 @@ def check_with(
         )
 
 
-def model(config: ml_collections.ConfigDict, num_classes: int):
-    m = config.model
-    return steps.make_model(
-        num_classes,
-        depth=m.depth,
-        width=m.width,
-        alpha=m.alpha,
-        dtype=m.dtype,
-        batch_norm=m.batch_norm,
-        max_pool=m.max_pool,
-        stem=m.stem,
-        head_dtype=m.head_dtype,
-        bn_group_size=m.bn_group_size,
-    )
+# config.model fields that are not the classifier's: `pretrained` names the converted trunk whose
+# weights the trainer loads into the initial state (pretrained.load_pretrained_trunk), not a layer.
+WEIGHT_FIELDS = ("pretrained",)
+
+
+def model(config: ml_collections.ConfigDict, num_classes: int) -> models.CAMClassifier:
+    """The classifier of config.model: every field but WEIGHT_FIELDS is its attribute of that name."""
+    fields = {name: value for name, value in config.model.items() if name not in WEIGHT_FIELDS}
+    return models.CAMClassifier(num_classes=num_classes, **fields)
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):

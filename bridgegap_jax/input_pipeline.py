@@ -42,6 +42,8 @@ class Segment:
 
 @dataclasses.dataclass(frozen=True)
 class Options:
+    """The pipeline's settings, from a config that configuration.check accepted (pipeline_options)."""
+
     image_size: int
     batch_size: int  # global training batch
     eval_batch_size: int  # global evaluation batch
@@ -54,19 +56,6 @@ class Options:
     process_index: int = 0
     process_count: int = 1
     row_multiple: int = 1  # the device count: every global batch splits evenly over the devices
-
-
-def check_options(options: Options) -> None:
-    images.check_method(options.resize)
-    if options.train_labels not in TRAIN_LABELS:
-        raise ValueError(
-            f"config.data.train_labels={options.train_labels!r} is not one of {', '.join(TRAIN_LABELS)}"
-        )
-    if masks.parse(options.observation) is not None and options.train_labels != "observed":
-        raise ValueError(
-            f"config.data.observation={options.observation!r} simulates observed labels from the full "
-            "labels; it needs config.data.train_labels='observed'"
-        )
 
 
 def last_batch_rows(num_examples: int, options: Options) -> int:
@@ -101,7 +90,6 @@ class BatchReader:
     """
 
     def __init__(self, dataset: Dataset, segments: Sequence[Segment], options: Options):
-        check_options(options)
         self.dataset, self.segments, self.options = dataset, tuple(segments), options
         self.starts = np.cumsum([0] + [s.num_batches for s in self.segments])
         self._sources, self._permutations = {}, {}

@@ -320,13 +320,9 @@ def float32_accumulating(compute_dtype):
 
 
 # ----------------------------------------------------------------------------------------------
-# Field value -> layer: what models.py builds for each option's value
+# Field value -> layer: what models.py builds for each option's value (configuration.check has
+# refused any value but the option's choices)
 # ----------------------------------------------------------------------------------------------
-def _check(field: str, value: str) -> None:
-    if value not in CHOICES[field]:
-        raise ValueError(f"model.{field}={value!r} is not one of {', '.join(CHOICES[field])}")
-
-
 def norm_act(
     y, train: bool, name: str, dtype, kind: str, residual=None, relu: bool = True, group_size: int = 0
 ):
@@ -334,9 +330,15 @@ def norm_act(
     the batch_norm option: "fused" is `BatchNorm` (one op with its own backward), "flax" is
     nn.BatchNorm, add and nn.relu. `group_size` G > 0 takes the training statistics over each group
     of G rows (ghost BatchNorm, in `BatchNorm`)."""
-    _check("batch_norm", kind)
     if kind == "fused" or group_size > 0:
-        return BatchNorm(not train, 0.9, 1e-5, dtype, group_size, name=name)(y, residual, relu)
+        return BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=dtype,
+            group_size=group_size,
+            name=name,
+        )(y, residual, relu)
     y = nn.BatchNorm(
         use_running_average=not train,
         momentum=0.9,
@@ -352,7 +354,6 @@ def norm_act(
 
 def stem_max_pool(x: jax.Array, kind: str) -> jax.Array:
     """The stem's 3x3 stride-2 max-pool (padding 1, with -inf as PyTorch) in the max_pool option's form."""
-    _check("max_pool", kind)
     if kind == "strided":
         return max_pool_3x3_s2(x)
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -360,13 +361,11 @@ def stem_max_pool(x: jax.Array, kind: str) -> jax.Array:
 
 def stem_conv_general_dilated(kind: str):
     """nn.Conv's `conv_general_dilated` for the stem in the stem option's form (None: nn.Conv's own)."""
-    _check("stem", kind)
     return space_to_depth_conv if kind == "space_to_depth" else None
 
 
 def head_conv_hooks(head_dtype):
     """nn.Conv's (promote_dtype, conv_general_dilated) for the CAM head: Flax's own for float32,
     else operands in `head_dtype` with float32 sums (`float32_accumulating`)."""
-    name = jnp.dtype(head_dtype).name
-    _check("head_dtype", name)
-    return (promote_dtype, None) if name == "float32" else float32_accumulating(head_dtype)
+    plain = jnp.dtype(head_dtype) == jnp.float32
+    return (promote_dtype, None) if plain else float32_accumulating(head_dtype)

@@ -9,10 +9,17 @@ torchvision's modules (conv1, bn1, layer1_0, ...), so weight conversion is a pla
 
 Speed options (`batch_norm`, `max_pool`, `stem`, `head_dtype`): defined, built and tested in
 `layers.py`; the defaults are the plain Flax layers.
+
+Each model option is an attribute of every module that reads it, of the same name as its config
+field (`config.model.FIELD`, `configuration.model` passes them all), and reaches a submodule by that
+name (`_passed_down`): adding an option is one field in configs/base.py and the attribute here.
+Dtypes are given as dtypes or by name ('float32', 'bfloat16': the config's `DTYPES`). The values are
+checked once, by configuration.check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +30,8 @@ from bridgegap_jax import layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DTYPES = ("float32", "bfloat16")  # the compute dtypes config.model.dtype and head_dtype may name
 
 # depth -> (block kind, blocks per stage), as torchvision.
 RESNET_STAGES = {
@@ -44,6 +53,13 @@ def normalize_images(images: jax.Array) -> jax.Array:
     mean = jnp.asarray(IMAGENET_MEAN, jnp.float32) * 255.0
     std = jnp.asarray(IMAGENET_STD, jnp.float32) * 255.0
     return (images.astype(jnp.float32) - mean) / std
+
+
+def _passed_down(module: nn.Module, submodule: type[nn.Module], **values) -> dict:
+    """The keyword arguments of `submodule` inside `module`: every attribute the two share, by name
+    (an option reaches each module that declares it, and no call lists it), then `values`."""
+    shared = {f.name for f in dataclasses.fields(submodule)} & {f.name for f in dataclasses.fields(module)}
+    return {name: getattr(module, name) for name in shared - {"parent", "name"}} | values
 
 
 def _pad(p: int):
@@ -71,7 +87,14 @@ def _norm(module, train: bool):
 
     def norm(y, name: str, residual=None, relu: bool = True):
         return layers.norm_act(
-            y, train, name, module.dtype, module.batch_norm, residual, relu, module.bn_group_size
+            y,
+            train,
+            name,
+            dtype=jnp.dtype(module.dtype),
+            kind=module.batch_norm,
+            residual=residual,
+            relu=relu,
+            group_size=module.bn_group_size,
         )
 
     return norm
@@ -136,7 +159,7 @@ class ResNetTrunk(nn.Module):
 
     depth: int = 50
     width: int = 64  # channels of the stem; 64 is torchvision, smaller only for tiny demos and tests
-    dtype: Any = jnp.float32
+    dtype: Any = "float32"  # compute dtype, or its name
     batch_norm: str = "flax"  # speed options: layers.SPEED_OPTIONS
     max_pool: str = "reduce_window"
     stem: str = "conv"
@@ -144,21 +167,21 @@ class ResNetTrunk(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        if self.depth not in RESNET_STAGES:
-            raise ValueError(f"model.depth={self.depth} is not one of {sorted(RESNET_STAGES)}")
         kind, stages = RESNET_STAGES[self.depth]
         block = BasicBlock if kind == "basic" else Bottleneck
-        x = x.astype(self.dtype)
-        x = conv(self.width, 7, 2, "conv1", self.dtype, layers.stem_conv_general_dilated(self.stem))(x)
+        dtype = jnp.dtype(self.dtype)
+        x = x.astype(dtype)
+        x = conv(self.width, 7, 2, "conv1", dtype, layers.stem_conv_general_dilated(self.stem))(x)
         x = _norm(self, train)(x, "bn1")
         x = layers.stem_max_pool(x, self.max_pool)
         for stage, num_blocks in enumerate(stages):
             for i in range(num_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1
                 name = f"layer{stage + 1}_{i}"
-                x = block(
-                    self.width * 2**stage, stride, self.dtype, self.batch_norm, self.bn_group_size, name=name
-                )(x, train)
+                options = _passed_down(
+                    self, block, features=self.width * 2**stage, stride=stride, dtype=dtype
+                )
+                x = block(**options, name=name)(x, train)
         return x
 
 
@@ -169,27 +192,18 @@ class CAMClassifier(nn.Module):
     depth: int = 50
     width: int = 64
     alpha: float = 5.0  # BoostLU factor; 1.0 is the plain AN / LL model (GAP then linear)
-    dtype: Any = jnp.float32  # trunk compute dtype; parameters are always float32
+    dtype: Any = "float32"  # trunk compute dtype (or its name); parameters are always float32
     batch_norm: str = "flax"  # speed options: layers.SPEED_OPTIONS
     max_pool: str = "reduce_window"
     stem: str = "conv"
-    head_dtype: Any = jnp.float32  # the head's matmul operands; it accumulates and outputs float32
+    head_dtype: Any = "float32"  # the head's matmul operands (or their name); float32 sums and output
     bn_group_size: int = 0  # > 0: "ghost" BatchNorm over groups of this many rows (large batches)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        trunk = ResNetTrunk(
-            self.depth,
-            self.width,
-            self.dtype,
-            self.batch_norm,
-            self.max_pool,
-            self.stem,
-            self.bn_group_size,
-            name="trunk",
-        )
+        trunk = ResNetTrunk(**_passed_down(self, ResNetTrunk), name="trunk")
         features = trunk(normalize_images(images), train)
-        promote, head_conv = layers.head_conv_hooks(self.head_dtype)
+        promote, head_conv = layers.head_conv_hooks(jnp.dtype(self.head_dtype))
         cam = nn.Conv(
             self.num_classes,
             (1, 1),

@@ -28,6 +28,11 @@ class RunMismatchError(UserError, ValueError):
     """A run that does not fit its dataset; the message names both."""
 
 
+# The stored config's fields the tools build from: the model and its input. The whole config was
+# checked when the run started; these again, as config.json may come from elsewhere or be edited.
+TOOL_FIELDS = ("model.", "data.image_size", "data.resize")
+
+
 @dataclasses.dataclass
 class Run:
     name: str | None  # the tool's label for it (explain's NAME=WORKDIR), or None
@@ -60,6 +65,10 @@ def open_run(workdir: str, name: str | None = None) -> Run:
             f"`{train_command(workdir)}`"
         )
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    try:
+        configuration.check(config, only=TOOL_FIELDS)
+    except configuration.ConfigError as error:
+        raise configuration.ConfigError(f"{label}{config_path}: {error}") from None
     best = run_dir.checkpoints / "best"
     step, num_classes = None, None
     if best.is_dir():

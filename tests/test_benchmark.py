@@ -15,7 +15,7 @@ import pytest
 from bridgegap_jax import schemes, steps, xla_options
 from bridgegap_jax.bench import cli, flops, jax_rows, tables
 from bridgegap_jax.bench.rows import Row, model_fields_of, split_variant, xla_flags_of
-from bridgegap_jax.models import ResNetTrunk
+from bridgegap_jax.models import CAMClassifier, ResNetTrunk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def test_benchmark_step_is_the_training_step():
     """One step of the benchmark's setup == steps.train_step with the training defaults (LL-R, k > 0)."""
     setup = jax_rows.jax_setup("jax-fp32", 4, depth=18, num_classes=10, size=32, width=8)
     assert int(setup.k.sum()) > 0
-    model = steps.make_model(10, depth=18, width=8)
+    model = CAMClassifier(num_classes=10, depth=18, width=8)
     tx = steps.make_optimizer(1e-5, 10.0)
     state = steps.initial_state(model, tx, 32, 0)
     step = jax.jit(
@@ -60,11 +60,11 @@ def test_benchmark_step_is_the_training_step():
 def test_flops_are_the_models_convolutions_and_matmuls():
     """ResNet-50's convolutions at 224: 4.087 GMAC (torchvision's 4.09 G less the 2 M of its fc);
     the training step at 448 with 80 classes: 3 x 2 x 16.38 GMAC = 98.3 GFLOP per image."""
-    trunk = ResNetTrunk(50)
+    trunk = ResNetTrunk(depth=50)
     x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: trunk.init(jax.random.key(0), x, train=False), x)
     assert flops.macs(lambda v, x: trunk.apply(v, x, train=False), variables, x) == 4_087_136_256
-    counted = flops.model_flops(steps.make_model(80, depth=50), 448)
+    counted = flops.model_flops(CAMClassifier(num_classes=80, depth=50), 448)
     assert counted["train"] == 3 * counted["forward"]
     assert abs(counted["train"] / 98.3e9 - 1) < 1e-3
     # A matmul inside a scan counts once per iteration.

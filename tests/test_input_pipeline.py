@@ -180,11 +180,6 @@ def test_simulated_single_positive_is_keyed_by_index(dataset, stored):
         np.testing.assert_array_equal(labels, obs[index])
 
 
-def test_simulated_observation_needs_observed_training():
-    with pytest.raises(ValueError, match="train_labels"):
-        input_pipeline.check_options(options(train_labels="full", observation="fraction:0.5"))
-
-
 # ---- masks.observe directly -----------------------------------------------------------------
 def _observe_all(labels, mode, encoding, seed=0, index=None):
     index = np.arange(len(labels)) if index is None else index

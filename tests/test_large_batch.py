@@ -72,8 +72,6 @@ def test_learning_rate_scaling_warm_up_and_decay():
         2e-4
     )  # cosine midpoint
     assert float(linear(110)) == pytest.approx(0.0, abs=1e-12)
-    with pytest.raises(ValueError, match="lr_scaling"):
-        steps.lr_schedule(1e-4, scaling="cubic")
 
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

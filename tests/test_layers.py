@@ -4,7 +4,6 @@ rounding, same batch-statistics updates."""
 
 import functools
 import importlib
-import inspect
 
 import flax.linen as nn
 import jax
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import layers, schemes, steps
+from bridgegap_jax import configuration, layers, schemes
 from bridgegap_jax.models import Bottleneck, CAMClassifier, ResNetTrunk
 
 # "all": every option of the table that is exact to float32 rounding, so that a new one is tested
@@ -67,35 +66,31 @@ def batch():
 
 @pytest.fixture(scope="module")
 def default(batch):
-    model = steps.make_model(10, depth=18, width=8)
+    model = CAMClassifier(num_classes=10, depth=18, width=8)
     variables = model.init(jax.random.key(0), batch[0][:1])
     return model, variables, one_step(model, variables, *batch)
 
 
 def test_speed_options_are_off_by_default_and_checked():
-    """Each option's plain layer is the default of the model, of steps.make_model and of
-    configs/base.py; an unknown value is refused with the field's name and its choices."""
-    model_config = importlib.import_module("configs.base").get_config().model
-    make_model_defaults = inspect.signature(steps.make_model).parameters
+    """Each option's plain layer is the default of the model and of configs/base.py; configuration.check
+    refuses any other value than its choices, naming the field."""
+    config = importlib.import_module("configs.base").get_config()
     for option in layers.SPEED_OPTIONS:
-        model_default = getattr(CAMClassifier, option.field)
-        if not isinstance(model_default, str):  # head_dtype: a dtype in the model, a name elsewhere
-            model_default = jnp.dtype(model_default).name
-        assert model_default == make_model_defaults[option.field].default == option.plain
-        assert model_config[option.field] == option.plain
-    images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.uint8)
-    for field in ("batch_norm", "max_pool", "stem"):
-        model = steps.make_model(10, depth=18, width=8, **{field: "nope"})
+        assert getattr(CAMClassifier, option.field) == config.model[option.field] == option.plain
+        config.model[option.field] = "nope"
         with pytest.raises(
-            ValueError, match=f"model.{field}='nope' is not one of {layers.CHOICES[field][0]}"
+            configuration.ConfigError,
+            match=f"^config.model.{option.field}='nope': must be one of {', '.join(option.choices)}$",
         ):
-            jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)
+            configuration.check(config)
+        config.model[option.field] = option.plain
+    configuration.check(config)
 
 
 @pytest.mark.parametrize("name", OPTIONS)
 def test_option_keeps_variables_and_matches_the_default_step(name, batch, default):
     model0, variables0, (loss0, grads0, stats0) = default
-    model = steps.make_model(10, depth=18, width=8, **OPTIONS[name])
+    model = CAMClassifier(num_classes=10, depth=18, width=8, **OPTIONS[name])
     variables = model.init(jax.random.key(0), batch[0][:1])
     assert jax.tree.all(
         jax.tree.map(lambda a, b: a.shape == b.shape and bool((a == b).all()), variables, variables0)
@@ -140,7 +135,7 @@ def test_options_compute_the_same_function_in_float64():
 
 def test_bfloat16_head_keeps_float32_output_and_matches_within_bf16_rounding(batch, default):
     model0, variables0, _ = default
-    model = steps.make_model(10, depth=18, width=8, head_dtype="bfloat16")
+    model = CAMClassifier(num_classes=10, depth=18, width=8, head_dtype="bfloat16")
     logits, cam = model.apply(variables0, batch[0])
     logits0, cam0 = model0.apply(variables0, batch[0])
     assert cam.dtype == jnp.float32 and logits.dtype == jnp.float32
@@ -150,7 +145,9 @@ def test_bfloat16_head_keeps_float32_output_and_matches_within_bf16_rounding(bat
 def test_fused_batch_norm_equals_flax_in_a_bottleneck_with_downsample():
     """Residual add, ReLU and the downsample branch's BN (no ReLU), forward and backward."""
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 16))
-    plain, fused = Bottleneck(8, 2, jnp.float32), Bottleneck(8, 2, jnp.float32, batch_norm="fused")
+    plain, fused = (
+        Bottleneck(features=8, stride=2, dtype=jnp.float32, batch_norm=kind) for kind in ("flax", "fused")
+    )
     variables = plain.init(jax.random.key(1), x, train=True)
 
     def run(block, params, x):

@@ -1,9 +1,13 @@
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import random_variables
 
+from bridgegap_jax import configuration
 from bridgegap_jax.models import CAMClassifier, ResNetTrunk, boost_lu
 
 
@@ -68,3 +72,36 @@ def test_bfloat16_trunk_keeps_float32_parameters_and_outputs(tiny):
     logits, cam = model.apply(variables, images)
     assert logits.dtype == jnp.float32 and cam.dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables["params"]))
+
+
+def test_every_model_field_of_the_config_is_a_classifier_attribute_of_the_same_default():
+    """configuration.model passes config.model as it is: a new option is one field in configs/base.py and
+    one attribute here (this test names the one that is missing)."""
+    config = __import__("configs.base", fromlist=["get_config"]).get_config()
+    attributes = {f.name for f in dataclasses.fields(CAMClassifier)} - {"parent", "name", "num_classes"}
+    assert set(config.model) - set(configuration.WEIGHT_FIELDS) == attributes
+    assert {name: getattr(CAMClassifier, name) for name in attributes} == {
+        name: config.model[name] for name in attributes
+    }
+
+
+def test_the_options_of_the_config_reach_every_module_that_reads_them():
+    config = __import__("configs.demo", fromlist=["get_config"]).get_config()
+    config.model.update(width=8, dtype="bfloat16", batch_norm="fused", bn_group_size=2)
+    model = configuration.model(config, 10)
+    seen = {}
+
+    def record(call, args, kwargs, context):
+        module = context.module
+        names = ("width", "dtype", "batch_norm", "bn_group_size", "group_size")
+        seen.setdefault(type(module).__name__, set()).add(
+            tuple((n, str(getattr(module, n))) for n in names if hasattr(module, n))
+        )
+        return call(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3), jnp.uint8)))
+    options = (("dtype", "bfloat16"), ("batch_norm", "fused"), ("bn_group_size", "2"))
+    assert seen["ResNetTrunk"] == {(("width", "8"), *options)}
+    assert seen["BasicBlock"] == {options}
+    assert seen["BatchNorm"] == {(("dtype", "bfloat16"), ("group_size", "2"))}

@@ -77,7 +77,7 @@ def trunk_pair(request):
     from bridgegap_jax import pretrained
 
     variables = pretrained.convert_torchvision(state, depth)
-    apply = jax.jit(lambda v, x: ResNetTrunk(depth).apply(v, x, train=False))
+    apply = jax.jit(lambda v, x: ResNetTrunk(depth=depth).apply(v, x, train=False))
     return depth, resnet, variables, apply
 
 
@@ -126,9 +126,9 @@ def test_key_map_and_paddings_exact_in_float64(options):
     expected = torch_trunk_features(resnet.double(), torch.from_numpy(x))
     with jax.enable_x64(True):
         got = np.asarray(
-            jax.jit(lambda v, x: ResNetTrunk(depth, dtype=jnp.float64, **options).apply(v, x, train=False))(
-                variables, x.transpose(0, 2, 3, 1)
-            )
+            jax.jit(
+                lambda v, x: ResNetTrunk(depth=depth, dtype=jnp.float64, **options).apply(v, x, train=False)
+            )(variables, x.transpose(0, 2, 3, 1))
         )
     assert got.dtype == np.float64
     diff = np.abs(got - expected).max()

@@ -99,8 +99,3 @@ def test_only_unobserved_entries_are_selected():
     y = jnp.asarray([[0, 0, -1, 1]], jnp.int8)
     out = schemes.create("LL-R", unobserved_value=-1).loss(z, y, jnp.asarray(1))
     np.testing.assert_array_equal(np.asarray(out.selected), [[False, False, True, False]])
-
-
-def test_unknown_scheme_is_an_error():
-    with pytest.raises(ValueError, match="loss.scheme"):
-        schemes.create("LL-X", 0.1)

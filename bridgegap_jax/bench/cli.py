@@ -190,15 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(json.loads(args.child))
-    from bridgegap_jax import steps
     from bridgegap_jax.bench import flops as flops_lib
+    from bridgegap_jax.models import CAMClassifier
 
     signal.signal(signal.SIGTERM, stop_children_and_exit)
     start = time.monotonic()
     title = args.title or f"{args.model_name}, {SCHEME} + BoostLU alpha {args.alpha:g}"
     # Model FLOPs of the default layers (traced, nothing runs): the same for every row.
     flops = flops_lib.model_flops(
-        steps.make_model(args.num_classes, depth=args.depth, alpha=args.alpha), args.size
+        CAMClassifier(num_classes=args.num_classes, depth=args.depth, alpha=args.alpha), args.size
     )
     print(
         f"{title}: {flops['train'] / 1e9:.1f} GFLOP per image per training step; rows: "

@@ -22,16 +22,14 @@ from __future__ import annotations
 import numpy as np
 
 MODES = ("stored", "single_positive", "k_positives:K", "fraction:F")
+ALLOWED = f"one of {', '.join(MODES)} (K a positive integer, 0 < F <= 1)"  # what parse() reads
 # Observed value of (positive, negative, unobserved) entries in each encoding.
 CODES = {"single_positive": (1, -1, 0), "partial": (1, 0, -1)}
 
 
 def parse(mode: str) -> tuple[str, float] | None:
     """None for 'stored', else ('positives', K) or ('fraction', F); a clear error otherwise."""
-    error = ValueError(
-        f"config.data.observation={mode!r} is not one of {', '.join(MODES)} "
-        "(K a positive integer, 0 < F <= 1)"
-    )
+    error = ValueError(f"config.data.observation={mode!r} is not {ALLOWED}")
     if not isinstance(mode, str):
         raise error
     if mode == "stored":

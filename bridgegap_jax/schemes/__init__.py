@@ -26,16 +26,11 @@ for _scheme in (AssumeNegative, Rejection, TemporaryCorrection, PermanentCorrect
     register(_scheme)
 
 
-def get(name: str) -> type[Scheme]:
-    if name not in REGISTRY:
-        raise ValueError(f"config.loss.scheme={name!r} is not one of {', '.join(REGISTRY)}")
-    return REGISTRY[name]
-
-
 def create(
     name: str, delta_rel: float | None = None, unobserved_value: int = 0, group_size: int = 0
 ) -> Scheme:
-    return get(name)(delta_rel, unobserved_value, group_size)
+    """The scheme registered as `name` (config.loss.scheme; configuration.check refuses any other)."""
+    return REGISTRY[name](delta_rel, unobserved_value, group_size)
 
 
-__all__ = ["HostState", "Scheme", "REGISTRY", "register", "get", "create"]
+__all__ = ["HostState", "Scheme", "REGISTRY", "register", "create"]

@@ -139,7 +139,7 @@ def test_ghost_batch_norm_at_64_on_8_devices_equals_four_batches_of_16():
 
     from bridgegap_jax.models import CAMClassifier
 
-    ghost, plain = (CAMClassifier(10, depth=18, width=8, bn_group_size=g) for g in (16, 0))
+    ghost, plain = (CAMClassifier(num_classes=10, depth=18, width=8, bn_group_size=g) for g in (16, 0))
     variables = random_variables(plain)
     images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3)).astype(np.uint8)
     mesh = sharding.make_mesh()
