@@ -99,7 +99,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m bridgegap_jax.bench", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--depth", type=int, default=50, help="ResNet depth (18, 34, 50, 101, 152)")
+    parser.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101, 152), help="ResNet depth")
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--size", type=int, default=448, help="image height = width")
     parser.add_argument("--alpha", type=float, default=5.0, help="BoostLU factor")
