@@ -13,6 +13,7 @@ import numpy as np
 
 from bridgegap_jax import input_pipeline, metrics, sharding
 from bridgegap_jax.datasets.catalog import Dataset
+from bridgegap_jax.rundir import json_number
 
 
 def predict(
@@ -89,8 +90,3 @@ def evaluate_split(
     reader = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, split, options), options)
     with input_pipeline.Stream(reader, workers=workers) as stream:
         return evaluate(eval_fn, model_vars, dataset, split, stream, mesh)
-
-
-def json_number(value) -> float | None:
-    """NaN (a mean over no class) as None: strict JSON has no NaN."""
-    return None if value is None or not np.isfinite(value) else float(value)

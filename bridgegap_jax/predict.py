@@ -44,7 +44,7 @@ import time
 
 import numpy as np
 
-from bridgegap_jax import explain, images, sharding, steps, trained_run
+from bridgegap_jax import cam_maps, images, sharding, steps, trained_run
 from bridgegap_jax.cam_figures import draw_cam_figure
 from bridgegap_jax.errors import ArgumentParser, UserError
 from bridgegap_jax.files import atomic_output
@@ -309,8 +309,8 @@ class CamDrawer:
     """One PNG per image: the BoostLU map (the one whose mean is the logit) of each of its labels."""
 
     def __init__(self, model, variables, mesh, size: int, class_names, out: str):
-        self.fn = explain.cam_fn(model, (model.alpha,), mesh, upsample_to=size)
-        self.column = explain.Column(f"BoostLU map (alpha {model.alpha:g})", "", model.alpha)
+        self.fn = cam_maps.cam_fn(model, (model.alpha,), mesh, upsample_to=size)
+        self.column = cam_maps.Column(f"BoostLU map (alpha {model.alpha:g})", "", model.alpha)
         self.variables, self.mesh, self.names, self.out = variables, mesh, list(class_names), out
         self.count = 0
         os.makedirs(out, exist_ok=True)
@@ -322,7 +322,7 @@ class CamDrawer:
             chosen[row, classes] = 1
         if not chosen.any():
             return
-        class_ids, valid = explain.positive_class_ids(chosen, np.arange(len(chosen)) < len(labels))
+        class_ids, valid = cam_maps.positive_class_ids(chosen, np.arange(len(chosen)) < len(labels))
         maps, probs = self.fn(self.variables, device_images, sharding.to_global(self.mesh, class_ids))
         maps, probs = sharding.to_host(maps)[0], sharding.to_host(probs)[0]  # (B, S, S, K), (B, K)
         for row, (position, name) in enumerate(zip(positions, names)):

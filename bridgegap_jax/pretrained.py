@@ -194,26 +194,6 @@ def expected_trunk(depth: int, width: int = 64) -> dict[str, dict]:
     return {"params": shapes["params"], "batch_stats": shapes["batch_stats"]}
 
 
-def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, prefix + (key,)))
-        else:
-            flat[prefix + (key,)] = value
-    return flat
-
-
-def _unflatten(flat: Mapping[tuple, Any]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
-
-
 def _name(key: tuple) -> str:
     return "/".join((key[0], "trunk") + key[1:])
 
@@ -247,7 +227,9 @@ def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width:
     Checked: every leaf of the Flax trunk of `depth`/`width` filled exactly once with its shape;
     unknown names, missing names and shape mismatches are errors listing them.
     """
-    expected = _flatten(expected_trunk(depth, width))
+    from flax import traverse_util
+
+    expected = traverse_util.flatten_dict(expected_trunk(depth, width))
     filled: dict[tuple, np.ndarray] = {}
     unknown, mismatched, mismatched_keys = [], [], set()
     for name, value in state_dict.items():
@@ -297,7 +279,7 @@ def convert_torchvision(state_dict: Mapping[str, np.ndarray], depth: int, width:
             + ". Check --depth; "
             + where_to_get(depth if depth in (50, 101) else 50)
         )
-    return _unflatten(filled)
+    return traverse_util.unflatten_dict(filled)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,13 +299,13 @@ def _checkpointer():
 def save_trunk(out: str, trunk: dict, info: dict) -> str:
     """Write the orbax checkpoint (items 'variables' and 'info') to `out`; refuses to overwrite."""
     import orbax.checkpoint as ocp
-
     from etils import epath
+    from flax import traverse_util
 
     out = _resolve(out)
     if epath.Path(out).exists():
         raise FileExistsError(f"{out} exists; remove it or choose another --out")
-    shapes = {"/".join(k): list(v.shape) for k, v in _flatten(trunk).items()}
+    shapes = {k: list(v.shape) for k, v in traverse_util.flatten_dict(trunk, sep="/").items()}
     ckpt = _checkpointer()
     ckpt.save(
         out,
@@ -363,11 +345,12 @@ def load_pretrained_trunk(path: str, variables: Mapping) -> dict:
     leaves (so a replicated state stays replicated). The trunk must match exactly."""
     import jax
     import orbax.checkpoint as ocp
+    from flax import traverse_util
 
     path = _resolve(path)
     info = read_info(path)
     current = {c: variables[c]["trunk"] for c in ("params", "batch_stats")}
-    want = {"/".join(k): list(np.shape(v)) for k, v in _flatten(current).items()}
+    want = {k: list(np.shape(v)) for k, v in traverse_util.flatten_dict(current, sep="/").items()}
     have = info["shapes"]
     if want != have:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))

@@ -15,6 +15,7 @@ import json
 import statistics
 import sys
 
+from bridgegap_jax.clock import hms
 from bridgegap_jax.errors import UserError
 from bridgegap_jax.rundir import CONFIG_FILE, METRICS_FILE, RunDir
 
@@ -46,7 +47,8 @@ class Run:
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    """{'a': {'b': 1}} -> {'a.b': 1}. (flax.traverse_util.flatten_dict(tree, sep='.') would import JAX,
+    which takes this tool from a fraction of a second to seconds.)"""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict):
@@ -122,11 +124,6 @@ def value_text(value) -> str:
 
 def config_cells(config: dict, fields: list[str]) -> list[str]:
     return [value_text(config[field]) if field in config else MISSING for field in fields]
-
-
-def hms(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def mean_std(values: list[float]) -> str:

@@ -10,20 +10,12 @@ purge them, so every step, epoch and test appears exactly once however often the
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
 from etils import epath
 
-from bridgegap_jax.rundir import METRICS_FILE, TENSORBOARD_DIR, RunDir, write_atomically
-
-
-def finite_or_none(value):
-    """Strict JSON has no NaN or infinity: such values are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+from bridgegap_jax.rundir import METRICS_FILE, TENSORBOARD_DIR, RunDir, json_number, write_atomically
 
 
 def _import_tensorboardx():
@@ -107,7 +99,7 @@ class RunLog:
     def record(self, kind: str, step: int, **fields) -> None:
         if not self.enabled:
             return
-        fields = {key: finite_or_none(value) for key, value in fields.items()}
+        fields = {key: json_number(value) for key, value in fields.items()}
         record = {"kind": kind, "step": step, "wall_time": round(time.time(), 3), **fields}
         with self.path.open("a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")

@@ -20,6 +20,8 @@ import contextlib
 import datetime
 import errno
 import json
+import math
+import numbers
 import os
 import socket
 import time
@@ -46,6 +48,14 @@ class RunDirError(UserError, ValueError):
 def absolute(workdir: str) -> str:
     """Local paths made absolute (orbax needs them); gs://... as given."""
     return workdir if "://" in workdir else os.path.abspath(os.path.expanduser(workdir))
+
+
+def json_number(value):
+    """A value as strict JSON holds it: a float that is NaN or infinite (a mean over no class, a diverged
+    loss) as None (null), any other float (numpy's too) as a Python float, the rest as it is."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return float(value) if math.isfinite(value) else None
+    return value
 
 
 def write_atomically(path: epath.Path, text: str) -> None:

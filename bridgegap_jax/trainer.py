@@ -5,15 +5,16 @@ checked before the workdir is touched (configuration.check / check_with, the dat
 weights); then the workdir is locked, its config stored, and the Trainer goes through the plan of
 the input pipeline (every epoch's training and validation batches, then the test batches) from
 wherever the latest checkpoint that restores stands. A stop asked for by a signal (stopping.py)
-saves where the run stands and ends it. The only host syncs are at log points, checkpoints, the
-loss scheme's host state (one step behind), epoch boundaries and evaluation.
+saves where the run stands and ends it. The host waits for the device only at log points (one
+fetch), checkpoints, the loss scheme's host state (one step behind), epoch boundaries and evaluation.
+Where the run stands is a `Progress` record and its time a `clock.Clock`; both are saved with
+every checkpoint.
 """
 
 from __future__ import annotations
 
-import datetime
+import dataclasses
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ from bridgegap_jax import (
     stopping,
 )
 from bridgegap_jax.checkpoint import RunCheckpoints
+from bridgegap_jax.clock import Clock, hms
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.errors import UserError
 from bridgegap_jax.results import environment, result_line
@@ -42,8 +44,25 @@ class NonFiniteError(UserError, RuntimeError):
     """The loss or the gradients stopped being finite; the message says where and what is kept."""
 
 
-def duration(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(round(seconds))))
+@dataclasses.dataclass
+class Progress:
+    """Where the run stands: saved with every checkpoint (beside the clock's state), restored on resume."""
+
+    epoch: int = 1  # the epoch in training; num_epochs + 1 once the last one is validated
+    step_in_epoch: int = 0  # its training steps done
+    best_val_map: float = -1.0  # the best validation mAP so far: the test evaluates its checkpoint
+    best_epoch: int = 0
+
+    @classmethod
+    def saved(cls, fields: dict) -> Progress:
+        """The record in a checkpoint's progress item (which holds the clock's fields too)."""
+        return cls(**{field.name: fields[field.name] for field in dataclasses.fields(cls)})
+
+    def steps_left(self, num_epochs: int, steps_per_epoch: int) -> int:
+        return (num_epochs - self.epoch + 1) * steps_per_epoch - self.step_in_epoch
+
+    def evaluations_left(self, num_epochs: int) -> int:
+        return num_epochs - self.epoch + 2  # the validation of this epoch and of each later one, the test
 
 
 class Trainer:
@@ -71,28 +90,28 @@ class Trainer:
         self.checkpoints = RunCheckpoints(run_dir.checkpoints)
         self.stop_check = stopping.StopCheck()
         self.notes = []  # lines for the start of the run
-        self.state, self.progress = self._restore_or_init()
-        resumed = self.checkpoints.latest_step() is not None
+        self.state, saved = self._restore_or_init()
+        self.progress = Progress() if saved is None else Progress.saved(saved)
+        self.clock = Clock(saved)
+        self.epoch_start = 0.0  # the clock's elapsed() when this session began training the epoch
         self.log = RunLog(
             run_dir,
             enabled=jax.process_index() == 0,
-            resume=(int(self.state.step), self.progress["epoch"]) if resumed else None,
+            resume=None if saved is None else (int(self.state.step), self.progress.epoch),
         )
-        if resumed and changes:
+        if saved is not None and changes:
             self.log.record("config", int(self.state.step), changed=changes)
             self.notes.append(
                 "changed on resume: "
                 + ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changes.items())
             )
-        self.session_start = time.perf_counter()
-        self.times = {"train_steps": 0, "train_s": 0.0, "eval_s": None}  # this session's pace, for the ETA
-        self.epoch_seconds = 0.0
 
     # --- state -----------------------------------------------------------------------------------
     def _abstract_state(self) -> steps.TrainState:
         return steps.abstract_state(self.model, self.tx, self.config.data.image_size, self.mesh)
 
-    def _restore_or_init(self) -> tuple[steps.TrainState, dict]:
+    def _restore_or_init(self) -> tuple[steps.TrainState, dict | None]:
+        """The state, and the progress item of the checkpoint it comes from (None: a new run)."""
         if self.checkpoints.latest_step() is None:
             state = steps.create_state(
                 self.model, self.tx, self.config.data.image_size, self.config.seed, self.mesh
@@ -100,14 +119,7 @@ class Trainer:
             if self.config.model.pretrained:  # the trunk only; the optimizer's zero state needs no change
                 variables = pretrained.load_pretrained_trunk(self.config.model.pretrained, state.model_vars())
                 state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-            progress = {
-                "epoch": 1,
-                "step_in_epoch": 0,
-                "best_val_map": -1.0,
-                "best_epoch": 0,
-                "elapsed_s": 0.0,
-            }
-            return state, progress
+            return state, None
         restored, progress = self.checkpoints.restore_latest(
             {"train": self._abstract_state(), "host": self.host_state.checkpoint()}
         )
@@ -128,23 +140,21 @@ class Trainer:
         self.host_state.restore(restored["host"])
         return restored["train"], progress
 
-    def elapsed(self) -> float:
-        """Wall time of the run so far, over every session that worked on it."""
-        return self.progress["elapsed_s"] + time.perf_counter() - self.session_start
-
     def save_latest(self) -> None:
         self.host_state.flush()
-        self.check_finite()
-        progress = dict(self.progress, elapsed_s=self.elapsed())
+        self.check_finite(*jax.device_get((self.state.skipped_steps, self.state.first_skipped_step)))
         self.checkpoints.save_latest(
-            int(self.state.step), {"train": self.state, "host": self.host_state.checkpoint()}, progress
+            int(self.state.step),
+            {"train": self.state, "host": self.host_state.checkpoint()},
+            {**dataclasses.asdict(self.progress), **self.clock.state()},
         )
 
-    def check_finite(self) -> int:
-        """The number of skipped non-finite steps; with the 'stop' policy, any is the end of the run."""
-        skipped = int(self.state.skipped_steps)
+    def check_finite(self, skipped, first_skipped) -> int:
+        """The number of skipped non-finite steps (the state's counters, fetched by the caller); with the
+        'stop' policy, any is the end of the run."""
+        skipped = int(skipped)
         if skipped and self.config.train.nonfinite == "stop":
-            first = int(self.state.first_skipped_step)
+            first = int(first_skipped)
             epoch = (first - 1) // self.steps_per_epoch + 1
             kept = self.checkpoints.latest_step()
             saved = (
@@ -171,11 +181,7 @@ class Trainer:
     def run(self, heartbeat=lambda: None) -> dict:
         """The rest of the run from the latest checkpoint; writes and returns the result."""
         self.heartbeat = heartbeat
-        epochs, epoch, step = (
-            self.config.train.num_epochs,
-            self.progress["epoch"],
-            self.progress["step_in_epoch"],
-        )
+        epochs, epoch, step = self.config.train.num_epochs, self.progress.epoch, self.progress.step_in_epoch
         self.log.line(self.describe())
         dropped = self.num_train % self.options.batch_size - input_pipeline.last_batch_rows(
             self.num_train, self.options
@@ -200,7 +206,7 @@ class Trainer:
             with input_pipeline.Stream(reader, start, configuration.workers(self.config)) as stream:
                 for epoch in range(epoch, epochs + 1):
                     self.train_epoch(
-                        epoch, self._take(stream, self.steps_per_epoch - self.progress["step_in_epoch"])
+                        epoch, self._take(stream, self.steps_per_epoch - self.progress.step_in_epoch)
                     )
                     self.validate(epoch, self._take(stream, plan[2 * epoch - 1].num_batches))
                 test = self.test(self._take(stream, plan[-1].num_batches))
@@ -221,17 +227,17 @@ class Trainer:
             yield next(stream)
 
     def train_epoch(self, epoch: int, batches) -> None:
-        """The rest of `epoch` from progress['step_in_epoch'], with mid-epoch checkpoints."""
+        """The rest of `epoch` from progress.step_in_epoch, with mid-epoch checkpoints."""
         config, progress = self.config, self.progress
-        epoch_start = time.perf_counter()
+        self.epoch_start = self.clock.elapsed()
 
         def observed(stream):  # the scheme's host state may change the labels (LL-Cp's corrections)
             for batch in stream:
                 batch["labels"] = self.host_state.observed(batch["index"], batch["labels"])
                 yield batch
 
-        window = {"start": time.perf_counter(), "images": 0, "losses": [], "first": True}
-        first, skipped = progress["step_in_epoch"], int(self.state.skipped_steps)  # a state saved or restored
+        window = []  # the metrics (on the device) of the steps since the last log point
+        first, skipped = progress.step_in_epoch, int(self.state.skipped_steps)  # a state saved or restored
         device_batches = sharding.prefetch_to_device(observed(batches), self.mesh, ("image", "labels"))
         for step_in_epoch, (batch, device) in enumerate(device_batches, start=first + 1):
             rows = len(batch["batch_index"])
@@ -239,90 +245,86 @@ class Trainer:
             self.state, metrics, selected = self.step_fn(
                 self.state, device["image"], device["labels"], jnp.asarray(ks)
             )
+            self.clock.count(rows)
             self.host_state.record(batch["batch_index"], selected)
-            progress["step_in_epoch"] = step_in_epoch
-            window["images"] += rows
-            window["losses"].append(metrics["loss"])
+            progress.step_in_epoch = step_in_epoch
+            window.append(metrics)
             last = step_in_epoch == self.steps_per_epoch
             if step_in_epoch % config.train.log_every_steps == 0 or last:
-                self._log_train(epoch, step_in_epoch, int(ks.sum()), metrics, window)
+                self._log_train(epoch, step_in_epoch, int(ks.sum()), window)
+                window = []
             if not last and step_in_epoch % config.train.checkpoint_every_steps == 0:
                 self.save_latest()
             if self.stop_check.after_step((epoch - 1) * self.steps_per_epoch + step_in_epoch):
                 raise stopping.StopRequested
         self.host_state.flush()
-        self.epoch_seconds = time.perf_counter() - epoch_start
-        taken = progress["step_in_epoch"] - first
+        taken = progress.step_in_epoch - first
         if taken and int(self.state.skipped_steps) - skipped == taken:  # 'skip': the model does not train
             raise NonFiniteError(
                 f"all {taken} training steps of epoch {epoch} were skipped: their loss or gradients were not "
                 f"finite (lr {float(self.lr(int(self.state.step) - 1)):g}); lower --config.train.lr"
             )
 
-    def _log_train(self, epoch: int, step_in_epoch: int, k: int, metrics: dict, window: dict) -> None:
-        losses = jnp.stack(window["losses"])
+    def _log_train(self, epoch: int, step_in_epoch: int, k: int, window: list[dict]) -> None:
+        """A progress line and a record: the window's mean loss and gradient norm, its images/s."""
+        step = (epoch - 1) * self.steps_per_epoch + step_in_epoch  # skipped steps count too
         values = jax.device_get(
             {
-                "loss": jnp.mean(losses),
-                "num_selected": metrics["num_selected"],
+                "loss": jnp.mean(jnp.stack([m["loss"] for m in window])),
+                "grad_norm": jnp.mean(jnp.stack([m["grad_norm"] for m in window])),
+                "num_selected": window[-1]["num_selected"],
+                "lr": self.lr(step - 1),
                 "skipped": self.state.skipped_steps,
+                "first_skipped": self.state.first_skipped_step,
             }
-        )  # the only host sync of the loop
-        seconds = time.perf_counter() - window["start"]
-        rate = window["images"] / seconds
-        if not window["first"]:  # the session's first window holds the compilation
-            self.times["train_steps"] += len(window["losses"])
-            self.times["train_s"] += seconds
-        skipped = self.check_finite()
-        step = int(self.state.step)
+        )  # the one wait for the device between two log points (but checkpoints and epoch ends)
+        rate = self.clock.tick()
+        skipped = self.check_finite(values["skipped"], values["first_skipped"])
         extra = f" | {skipped} non-finite step(s) skipped" if skipped else ""
         self.log.line(
             f"epoch {epoch}/{self.config.train.num_epochs} step {step_in_epoch}/{self.steps_per_epoch} | "
-            f"loss {values['loss']:.4f} k {k} selected {int(values['num_selected'])} | {rate:.1f} img/s | "
-            f"{duration(self.elapsed())} elapsed{self._eta(epoch, step_in_epoch)}{extra}"
+            f"loss {values['loss']:.4f} grad_norm {values['grad_norm']:.4f} k {k} selected "
+            f"{int(values['num_selected'])} | {rate:.1f} img/s | {hms(self.clock.elapsed())} elapsed"
+            f"{self._eta()}{extra}"
         )
         self.log.record(
             "train",
             step,
             epoch=epoch,
             loss=float(values["loss"]),
+            grad_norm=float(values["grad_norm"]),
             k=k,
             num_selected=int(values["num_selected"]),
-            lr=float(self.lr(step - 1)),
+            lr=float(values["lr"]),
             images_per_second=rate,
             skipped_steps=skipped,
         )
         self.heartbeat()
-        window.update(start=time.perf_counter(), images=0, losses=[], first=False)
 
-    def _eta(self, epoch: int, step_in_epoch: int, validated: bool = False) -> str:
-        """', ETA h:mm:ss' for the rest of the run, from this session's pace (once it is known)."""
-        if not self.times["train_steps"]:
-            return ""
+    def _eta(self) -> str:
+        """', ETA h:mm:ss' for the rest of the run, from where it stands (once a pace is known)."""
         epochs = self.config.train.num_epochs
-        steps_left = (epochs - epoch) * self.steps_per_epoch + self.steps_per_epoch - step_in_epoch
-        evals_left = epochs - epoch + 1 - validated + 1  # validations, and the test
-        eval_s = self.times["eval_s"] or 0.0
-        seconds = steps_left * self.times["train_s"] / self.times["train_steps"] + evals_left * eval_s
-        return f", ETA {duration(seconds)}"
+        seconds = self.clock.eta(
+            self.progress.steps_left(epochs, self.steps_per_epoch), self.progress.evaluations_left(epochs)
+        )
+        return "" if seconds is None else f", ETA {hms(seconds)}"
 
     def validate(self, epoch: int, batches) -> None:
         """Validation mAP on full labels; keep the best (strict improvement); checkpoint the epoch."""
         state, progress = self.state, self.progress
-        start = time.perf_counter()
-        val = self._evaluate("validation", state.model_vars(), batches)
-        self.times["eval_s"] = time.perf_counter() - start
-        improved = val["map"] > progress["best_val_map"]
+        with self.clock.paused():
+            val = self._evaluate("validation", state.model_vars(), batches)
+        improved = val["map"] > progress.best_val_map
         if improved:
             self.checkpoints.save_best(int(state.step), state.model_vars(), val["map"])
-            progress.update(best_val_map=val["map"], best_epoch=epoch)
-        extra = self.host_state.describe()
+            progress.best_val_map, progress.best_epoch = val["map"], epoch
+        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+        extra, elapsed = self.host_state.describe(), self.clock.elapsed()
         self.log.line(
             f"epoch {epoch}/{self.config.train.num_epochs}: validation "
             f"mAP {val['map']:.2f}{' (best)' if improved else ''}"
             f" loss {val['loss']:.4f}{'; ' + extra if extra else ''} | epoch "
-            f"{duration(self.epoch_seconds + self.times['eval_s'])} | {duration(self.elapsed())} "
-            f"elapsed{self._eta(epoch, self.steps_per_epoch, validated=True)}"
+            f"{hms(elapsed - self.epoch_start)} | {hms(elapsed)} elapsed{self._eta()}"
         )
         self.log.record(
             "validation",
@@ -332,7 +334,6 @@ class Trainer:
             map_with_positives=val["map_with_positives"],
             loss=val["loss"],
         )
-        progress.update(epoch=epoch + 1, step_in_epoch=0)
         self.save_latest()
         self.heartbeat()
 
@@ -342,7 +343,7 @@ class Trainer:
         if not (np.isfinite(probs).all() and np.isfinite(bce)):
             skipped = int(self.state.skipped_steps)
             raise NonFiniteError(
-                f"the {split} scores are not finite at epoch {self.progress['epoch']}: the model has "
+                f"the {split} scores are not finite at epoch {self.progress.epoch}: the model has "
                 f"diverged (lr {self.config.train.lr:g}"
                 f"{f', {skipped} non-finite step(s) skipped' if skipped else ''}); lower --config.train.lr"
             )
@@ -363,10 +364,10 @@ class Trainer:
             "test_groups": {key: value for key, value in test.items() if key.startswith("group")},
             "test_loss": test["loss"],
             "num_test_examples": test["num_examples"],
-            "best_epoch": self.progress["best_epoch"],
-            "best_val_map": self.progress["best_val_map"],
+            "best_epoch": self.progress.best_epoch,
+            "best_val_map": self.progress.best_val_map,
             "evaluation": self.dataset.evaluation,  # split -> catalog.EVALUATION mode
-            "wall_time_s": round(self.elapsed(), 1),
+            "wall_time_s": round(self.clock.elapsed(), 1),
             "environment": environment(),
         }
         self.log.record(
@@ -379,7 +380,7 @@ class Trainer:
         if jax.process_index() == 0:
             self.run_dir.write_class_ap(self.dataset.class_names, test["ap"])
             self.run_dir.write_result(result)
-        self.log.line(f"test: {result_line(result)} | total {duration(result['wall_time_s'])}")
+        self.log.line(f"test: {result_line(result)} | total {hms(result['wall_time_s'])}")
         return result
 
 

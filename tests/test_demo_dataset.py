@@ -2,6 +2,7 @@
 and tfds) and the letters of the source task."""
 
 import dataclasses
+import errno
 
 import numpy as np
 import pytest
@@ -51,8 +52,25 @@ def test_shapes_and_labels(mosaics, split):
         np.testing.assert_array_equal(d["labels_obs"], d["labels"])
 
 
-def test_round_trip_through_the_prepared_dataset(tmp_path, mosaics):
-    dataset = catalog.open_dataset("demo", str(tmp_path))  # builds it
+def test_a_failed_build_on_first_use_keeps_its_one_line_error(tmp_path):
+    """The prepare command's error line, as catalog.build_built_in turns it into this process's error."""
+    data_dir = str(tmp_path)
+    full = catalog.built_in_failure("demo", data_dir, "error: [Errno 28] No space left on device: '/d/x'\n")
+    assert isinstance(full, OSError) and full.errno == errno.ENOSPC  # main names the full disk
+    denied = catalog.built_in_failure("demo", data_dir, "error: [Errno 13] Permission denied: '/d'\n")
+    assert isinstance(denied, catalog.DataError) and str(denied) == (
+        f"cannot build the demo dataset in config.data.data_dir={data_dir!r} (Permission denied: '/d'); "
+        "point --config.data.data_dir at a folder you can write to"
+    )
+    crash = catalog.built_in_failure(
+        "demo", data_dir, "Traceback (most recent call last):\nZeroDivisionError\n"
+    )
+    assert type(crash) is RuntimeError and "ZeroDivisionError" in str(crash)  # a bug: its traceback
+
+
+def test_round_trip_through_the_prepared_dataset(tmp_path, mosaics, capsys):
+    dataset = catalog.open_dataset("demo", str(tmp_path))  # builds it, with the prepare command
+    assert capsys.readouterr().out == f"built the demo dataset in {dataset.directory}\n"
     assert dataset.image_format == "png" and dataset.class_names == demo.CLASS_NAMES
     assert dataset.split_sizes == demo.SPLIT_SIZES
     source = dataset.source("validation")

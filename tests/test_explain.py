@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import make_run, png_size, random_variables
 
-from bridgegap_jax import cam_figures, cam_stats, explain, sharding, trained_run
+from bridgegap_jax import cam_figures, cam_maps, cam_stats, explain, sharding, trained_run
 from bridgegap_jax.prepare import demo
 from bridgegap_jax.models import CAMClassifier
 
@@ -29,7 +29,7 @@ def test_cam_extraction_equals_the_models_logits(trained_alpha):
     mesh = sharding.make_mesh()
 
     alphas = (trained_alpha, 5.0, 1.0)
-    maps, probs = explain.cam_fn(model, alphas, mesh)(variables, images, class_ids)
+    maps, probs = cam_maps.cam_fn(model, alphas, mesh)(variables, images, class_ids)
     assert maps.shape == (3, 4, 1, 1, 2)  # 32 / 32: a 1x1 CAM grid
     all_logits = jax.jit(lambda v, x: [model.clone(alpha=alpha).apply(v, x)[0] for alpha in alphas])(
         variables, images
@@ -40,7 +40,7 @@ def test_cam_extraction_equals_the_models_logits(trained_alpha):
         np.testing.assert_allclose(probs[a], jax.nn.sigmoid(expected), rtol=1e-5, atol=1e-6)
 
     # Upsampling happens after the gather: same maps, only bigger.
-    up, up_probs = explain.cam_fn(model, alphas, mesh, upsample_to=32)(variables, images, class_ids)
+    up, up_probs = cam_maps.cam_fn(model, alphas, mesh, upsample_to=32)(variables, images, class_ids)
     assert up.shape == (3, 4, 32, 32, 2)
     np.testing.assert_allclose(up[:, :, 5, 7], maps[:, :, 0, 0], rtol=1e-5)
     np.testing.assert_allclose(up_probs, probs)
@@ -51,7 +51,7 @@ def test_cam_extraction_on_a_grid_boosts_only_positive_cells():
     images = np.random.default_rng(2).integers(0, 256, (2, 128, 128, 3), np.uint8)
     variables = random_variables(model, image_size=128)
     class_ids = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
-    maps, _ = explain.cam_fn(model, (1.0, 5.0), sharding.make_mesh())(variables, images, class_ids)
+    maps, _ = cam_maps.cam_fn(model, (1.0, 5.0), sharding.make_mesh())(variables, images, class_ids)
     (logits, cam), (boosted_logits, _) = jax.jit(
         lambda v, x: (model.apply(v, x), model.clone(alpha=5.0).apply(v, x))
     )(variables, images)
@@ -66,7 +66,7 @@ def test_cam_extraction_on_a_grid_boosts_only_positive_cells():
 def test_positive_class_ids_pads_to_a_power_of_two():
     labels = np.array([[0, 1, 1, 1, 0], [1, 0, 0, 0, 0], [-1, 0, 1, 0, 1], [1, 1, 1, 1, 1]], np.int8)
     mask = np.array([True, True, True, False])  # the last row is padding
-    ids, valid = explain.positive_class_ids(labels, mask)
+    ids, valid = cam_maps.positive_class_ids(labels, mask)
     assert ids.shape == (4, 4)
     assert [list(i[v]) for i, v in zip(ids, valid)] == [[1, 2, 3], [0], [2, 4], []]
 

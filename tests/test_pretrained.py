@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from bridgegap_jax import pretrained
 from bridgegap_jax.models import CAMClassifier
@@ -50,7 +51,7 @@ def torchvision_state_dict(depth, seed=0):
     module = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
     state = {}
     for collection, tree in pretrained.expected_trunk(depth).items():
-        for path, shape in pretrained._flatten(tree).items():
+        for path, shape in flatten_dict(tree).items():
             names = [p.replace("_", ".") if p.startswith("layer") else module.get(p, p) for p in path[:-1]]
             shape = shape.shape
             if path[-1] == "kernel":
@@ -105,8 +106,8 @@ def test_key_map():
 
 def test_convert_fills_every_leaf_and_transposes(resnet18_state):
     trunk = pretrained.convert_torchvision(resnet18_state, 18)
-    flat = pretrained._flatten(trunk)
-    assert set(flat) == set(pretrained._flatten(pretrained.expected_trunk(18)))
+    flat = flatten_dict(trunk)
+    assert set(flat) == set(flatten_dict(pretrained.expected_trunk(18)))
     np.testing.assert_array_equal(
         trunk["params"]["layer2_0"]["downsample_conv"]["kernel"],
         resnet18_state["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0),

@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from bridgegap_jax import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,10 +199,3 @@ def test_a_path_that_is_not_a_workdir_is_one_line_and_exit_code_2(tmp_path):
         )
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr == f"error: {bad} {message}\n"
-
-
-@pytest.mark.parametrize(
-    "seconds,text", [(0, "0:00:00"), (59.5, "0:01:00"), (3725.4, "1:02:05"), (90000, "25:00:00")]
-)
-def test_wall_time_is_hours_minutes_seconds(seconds, text):
-    assert report.hms(seconds) == text

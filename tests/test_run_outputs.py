@@ -70,7 +70,7 @@ def test_metrics_jsonl_is_strict_json_with_a_wall_time(finished_run):
     ]
     for record in records:
         assert start <= record["wall_time"] <= end
-    assert {"loss", "k", "num_selected", "lr", "images_per_second", "epoch"} <= set(records[0])
+    assert {"loss", "grad_norm", "k", "num_selected", "lr", "images_per_second", "epoch"} <= set(records[0])
     assert {"map", "loss", "epoch"} <= set(records[3]) and {"map", "loss"} <= set(records[4])
 
 
@@ -80,7 +80,14 @@ def test_tensorboard_holds_the_same_scalars_at_the_same_steps(finished_run):
     for event in read_events(workdir / rundir.TENSORBOARD_DIR):
         for value in event.summary.value:
             scalars.setdefault(value.tag, []).append((event.step, value.simple_value, event.wall_time))
-    for tag in ("train/loss", "train/k", "train/num_selected", "train/lr", "train/images_per_second"):
+    for tag in (
+        "train/loss",
+        "train/grad_norm",
+        "train/k",
+        "train/num_selected",
+        "train/lr",
+        "train/images_per_second",
+    ):
         assert [step for step, _, _ in scalars[tag]] == [10, 20, 25], tag
     for tag in ("validation/map", "validation/loss", "test/map", "test/loss"):
         assert [step for step, _, _ in scalars[tag]] == [25], tag

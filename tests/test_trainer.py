@@ -72,12 +72,16 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path,
     capsys.readouterr()
     again = trainer.train_and_evaluate(tiny_config, str(tmp_path / "whole"))
     assert again == whole and "already finished" in capsys.readouterr().out
+    logged = {}
     for workdir in ("whole", "split"):  # one record per step and epoch, however often the run stopped
         with open(tmp_path / workdir / rundir.METRICS_FILE) as f:
             records = [json.loads(line) for line in f]
         assert [r["epoch"] for r in records if r["kind"] == "validation"] == [1, 2]
         assert sum(r["kind"] == "test" for r in records) == 1
         assert [r["step"] for r in records if r["kind"] == "train"] == list(range(5, 51, 5))
+        logged[workdir] = [(r["loss"], r["grad_norm"], r["lr"]) for r in records if r["kind"] == "train"]
+    assert logged["split"] == logged["whole"]  # the logged loss and gradient norm too, bit for bit
+    assert all(grad_norm > 0 for _, grad_norm, _ in logged["whole"])
 
 
 @pytest.mark.parametrize("optimizer,lr", [("lamb", 1e-2), ("lars", 0.1)])

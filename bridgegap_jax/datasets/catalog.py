@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 from etils import epath
@@ -61,7 +65,8 @@ DATASETS = {
     ),
 }
 
-# Drawn when first used (prepare/built_in.py), nothing to download: digits from scikit-learn, letters.
+# Drawn when first used (by `python -m bridgegap_jax.prepare NAME`: build_built_in), nothing to download:
+# digits from scikit-learn, letters.
 BUILT_IN = ("demo", "demo_large", "letters")
 
 # Which stored value means "unobserved" in each label encoding.
@@ -170,7 +175,7 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
     its own description (a built-in demo builds itself)."""
     data_dir = os.path.expanduser(data_dir)
     if folder.is_folder_dataset(name):
-        found, description = folder.locate(name, data_dir)
+        found, description = _locate_folder(name, data_dir)
         directory = epath.Path(found)
         num_classes, encoding = len(description["classes"]), description["label_encoding"]
         evaluation, command = description["evaluation"], description["command"]
@@ -183,18 +188,7 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
         command = prepare_command(name, data_dir)
         root = epath.Path(data_dir) / data_spec.tfds_name
         if name in BUILT_IN and not _versions(root):
-            from bridgegap_jax.prepare import built_in
-
-            try:
-                built_in.build(data_dir, name)
-            except OSError as error:  # a full disk stays itself: main names it
-                if error.errno == errno.ENOSPC:
-                    raise
-                raise DataError(
-                    f"cannot build the {name} dataset in config.data.data_dir={data_dir!r} "
-                    f"({error.strerror or error}: {error.filename}); point --config.data.data_dir at a folder "
-                    "you can write to"
-                ) from None
+            build_built_in(name, data_dir)
         versions = _versions(root)
         if not versions:
             raise DatasetNotFoundError(
@@ -236,6 +230,107 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
         evaluation=evaluation,
         prepare_command=command,
     )
+
+
+def build_built_in(name: str, data_dir: str) -> None:
+    """Builds the built-in dataset `name` in `data_dir` with its prepare command, in a process of its
+    own: the runtime never imports the offline preparation (nor the dataset writer). Its error line
+    becomes this process's: a full disk stays an OSError (main names it), a folder that cannot be
+    written a DataError; anything else (a crash) is raised with the command's stderr. The command runs
+    in a session of its own, so that a Ctrl-C lets it finish (the run stops at its first batch, as
+    stopping.py asks) and only a second one, which ends this process, ends it too."""
+    import bridgegap_jax
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(bridgegap_jax.__file__)))
+    paths = [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    done = subprocess.run(  # the same interpreter and the same package as this process
+        [sys.executable, "-m", "bridgegap_jax.prepare", name, f"--data_dir={data_dir}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)},
+        start_new_session=True,
+    )
+    if done.returncode == 0:
+        root = epath.Path(data_dir) / spec(name).tfds_name
+        print(f"built the {name} dataset in {root / _versions(root)[-1]}", flush=True)
+        return
+    raise built_in_failure(name, data_dir, done.stderr)
+
+
+def built_in_failure(name: str, data_dir: str, stderr: str) -> Exception:
+    """The error for a prepare command that failed with `stderr` (its one `error: ` line, or a traceback).
+    It prints an OSError as `error: [Errno N] text: 'path'`."""
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    if not lines:
+        return RuntimeError(f"building the {name} dataset failed:\n{stderr[-4000:]}")
+    message = lines[-1][len("error: ") :]
+    os_error = re.match(r"\[Errno (\d+)\] (.*)", message)
+    if os_error and int(os_error.group(1)) == errno.ENOSPC:
+        return OSError(errno.ENOSPC, "No space left on device", data_dir)
+    if os_error:
+        return DataError(
+            f"cannot build the {name} dataset in config.data.data_dir={data_dir!r} ({os_error.group(2)}); "
+            "point --config.data.data_dir at a folder you can write to"
+        )
+    return DataError(f"cannot build the {name} dataset in config.data.data_dir={data_dir!r}: {message}")
+
+
+def _locate_folder(name: str, data_dir: str) -> tuple[str, dict]:
+    """(the prepared folder, its description) of `folder:NAME` under `data_dir`, or of a path."""
+    how = "python -m bridgegap_jax.prepare folder --images=DIR --labels=FILE --name=NAME --data_dir=DIR"
+    if name.startswith(folder.PREFIX):
+        short = name[len(folder.PREFIX) :]
+        root = epath.Path(os.path.expanduser(data_dir)) / folder.tfds_name(short)
+        where = f"no {root}/<version>/dataset_info.json (config.data.data_dir={data_dir!r})"
+        how = how.replace("--name=NAME", f"--name={short}").replace(
+            "--data_dir=DIR", f"--data_dir={data_dir}"
+        )
+    else:
+        root = epath.Path(os.path.expanduser(name))
+        where = f"no dataset_info.json in {root} or in a version folder under it"
+    if (root / "dataset_info.json").is_file():
+        directory = root
+    else:
+        versions = _versions(root)
+        if not versions:
+            raise DatasetNotFoundError(
+                f"dataset {name!r} is not prepared: {where}. Prepare it from your images and label table with "
+                f"`{how}` (README, section Your own data), or point --config.data.data_dir at the folder that "
+                "holds it"
+            )
+        directory = root / versions[-1]
+    path = directory / folder.DESCRIPTION_FILE
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"{directory} is a prepared dataset but not one made by `prepare folder` (it has no "
+            f"{folder.DESCRIPTION_FILE}); give a built-in dataset by its name (--config.data.name=voc, ...), or prepare your own with "
+            f"`{how}`"
+        )
+    return str(directory), _read_description(path)
+
+
+def _read_description(path: epath.Path) -> dict:
+    """A folder dataset's description (folder.py), checked for what the runtime reads from it."""
+    try:
+        description = json.loads(path.read_text())
+        classes = description["classes"]
+        ok = (
+            description["format"] == folder.FORMAT
+            and isinstance(classes, list)
+            and all(isinstance(c, str) for c in classes)
+            and description["label_encoding"] in UNOBSERVED_VALUE
+            and all(description["evaluation"][split] in EVALUATION for split in ("validation", "test"))
+            and isinstance(description["command"], str)
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        ok, description = False, {"error": error}
+    if not ok:
+        raise DataError(
+            f"{path} is damaged or of another version ({description.get('error', 'unexpected values')}); "
+            "rebuild the dataset with the `python -m bridgegap_jax.prepare folder ... --overwrite` command that "
+            "made it"
+        )
+    return description
 
 
 def _versions(root: epath.Path) -> list[str]:

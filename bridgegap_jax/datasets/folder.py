@@ -1,5 +1,6 @@
 """Datasets prepared from your own images and label table (`python -m bridgegap_jax.prepare folder`):
-how the runtime names and finds them, and the description each keeps in its own folder.
+how they are named, and the description each keeps in its own folder (catalog.open_dataset finds and
+reads it; this module imports nothing of the package, so that the catalog can import it).
 
 A folder dataset is prepared into <data_dir>/bridgegap_folder_<NAME>/1.0.0, like every dataset
 (ArrayRecord files, class_names.txt, missing_<split>.tsv), plus splits.csv (the split of every
@@ -22,11 +23,7 @@ folder_dataset.json:
 
 from __future__ import annotations
 
-import json
-import os
 import re
-
-from etils import epath
 
 PREFIX = "folder:"
 TFDS_PREFIX = "bridgegap_folder_"
@@ -50,69 +47,3 @@ def name_problem(name: str) -> str | None:
 
 def tfds_name(name: str) -> str:
     return TFDS_PREFIX + name
-
-
-def locate(name: str, data_dir: str) -> tuple[str, dict]:
-    """(the prepared folder, its description) of `folder:NAME` under `data_dir`, or of a path."""
-    from bridgegap_jax.datasets.catalog import DatasetNotFoundError
-
-    how = "python -m bridgegap_jax.prepare folder --images=DIR --labels=FILE --name=NAME --data_dir=DIR"
-    if name.startswith(PREFIX):
-        short = name[len(PREFIX) :]
-        root = epath.Path(os.path.expanduser(data_dir)) / tfds_name(short)
-        where = f"no {root}/<version>/dataset_info.json (config.data.data_dir={data_dir!r})"
-        how = how.replace("--name=NAME", f"--name={short}").replace(
-            "--data_dir=DIR", f"--data_dir={data_dir}"
-        )
-    else:
-        root = epath.Path(os.path.expanduser(name))
-        where = f"no dataset_info.json in {root} or in a version folder under it"
-    if (root / "dataset_info.json").is_file():
-        directory = root
-    else:
-        versions = (
-            sorted(p.name for p in root.iterdir() if (p / "dataset_info.json").is_file())
-            if root.is_dir()
-            else []
-        )
-        if not versions:
-            raise DatasetNotFoundError(
-                f"dataset {name!r} is not prepared: {where}. Prepare it from your images and label table with "
-                f"`{how}` (README, section Your own data), or point --config.data.data_dir at the folder that "
-                "holds it"
-            )
-        directory = root / versions[-1]
-    path = directory / DESCRIPTION_FILE
-    if not path.is_file():
-        raise DatasetNotFoundError(
-            f"{directory} is a prepared dataset but not one made by `prepare folder` (it has no {DESCRIPTION_FILE}); "
-            "give a built-in dataset by its name (--config.data.name=voc, ...), or prepare your own with "
-            f"`{how}`"
-        )
-    return str(directory), read_description(path)
-
-
-def read_description(path: epath.Path) -> dict:
-    """The description, checked for what the runtime reads from it."""
-    from bridgegap_jax.datasets.catalog import EVALUATION, UNOBSERVED_VALUE, DataError
-
-    try:
-        description = json.loads(path.read_text())
-        classes = description["classes"]
-        ok = (
-            description["format"] == FORMAT
-            and isinstance(classes, list)
-            and all(isinstance(c, str) for c in classes)
-            and description["label_encoding"] in UNOBSERVED_VALUE
-            and all(description["evaluation"][split] in EVALUATION for split in ("validation", "test"))
-            and isinstance(description["command"], str)
-        )
-    except (ValueError, KeyError, TypeError) as error:
-        ok, description = False, {"error": error}
-    if not ok:
-        raise DataError(
-            f"{path} is damaged or of another version ({description.get('error', 'unexpected values')}); "
-            "rebuild the dataset with the `python -m bridgegap_jax.prepare folder ... --overwrite` command that "
-            "made it"
-        )
-    return description

@@ -3,5 +3,6 @@
     python -m bridgegap_jax.prepare <demo|voc|coco|cub|nuswide|openimages> --data_dir=DIR [--source=...]
     python -m bridgegap_jax.prepare.fake <voc|coco|cub|nuswide|openimages> --out DIR   (tiny fakes)
 
-Nothing here runs during training, except the demo's builder when the demo is not there yet.
+Nothing here is imported during training: a built-in dataset that is not there yet is built by
+running `python -m bridgegap_jax.prepare NAME` (datasets/catalog.py, build_built_in).
 """
