@@ -129,3 +129,43 @@ def test_the_readme_pytorch_code_on_a_resnet50_gives_predicts_probabilities(
     run_readme_pytorch(
         workdir, tmp_path / "model.safetensors", folder, ["0.png", "1.png"], predictions, monkeypatch
     )
+
+
+def test_a_source_trunk_reaches_fine_tuning_as_it_left_the_source_model(tiny_config, demo_data_dir, tmp_path):
+    """The offline stand-in for an ImageNet trunk takes a user's path: a source run's trunk exported
+    (--trunk_only, torchvision's names), converted by `pretrained`, loaded by a fine-tuning run. The
+    fine-tuning run's first forward pass (train mode: batch statistics) and its evaluation mode (the
+    trunk's running statistics) see exactly the source model's trunk features."""
+    from bridgegap_jax import sharding
+    from bridgegap_jax.datasets import catalog
+    from bridgegap_jax.rundir import RunDir
+    from bridgegap_jax.trainer import Trainer
+
+    source_config = tiny_config.copy_and_resolve_references()
+    source_model = configuration.model(source_config, 26)  # another task: 26 classes (the letters')
+    source_variables = random_trunk_variables(source_model)
+    source = make_run(tmp_path / "source", source_config, num_classes=26, variables=source_variables)
+    trunk_file, converted = tmp_path / "trunk.safetensors", tmp_path / "converted"
+    assert export.main([f"--workdir={source}", f"--out={trunk_file}", "--trunk_only"]) == 0
+    assert pretrained.main([f"--source={trunk_file}", f"--out={converted}"]) == 0
+
+    tiny_config.model.pretrained = str(converted)
+    dataset = catalog.open_dataset("demo", demo_data_dir)
+    trainer = Trainer(tiny_config, RunDir(str(tmp_path / "fine_tuning")), dataset, sharding.make_mesh())
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+
+    def trunk_features(model, variables, train):
+        _, state = model.apply(
+            dict(variables),
+            images,
+            train=train,
+            mutable=["intermediates", "batch_stats"] if train else ["intermediates"],
+            capture_intermediates=lambda module, method: module.name == "trunk",
+        )
+        return np.asarray(state["intermediates"]["trunk"]["__call__"][0])
+
+    for train in (True, False):
+        expected = trunk_features(source_model, source_variables, train)
+        got = trunk_features(trainer.model, trainer.state.model_vars(), train)
+        assert got.shape == expected.shape and np.abs(expected).max() > 0
+        np.testing.assert_array_equal(got, expected)
