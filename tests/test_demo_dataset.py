@@ -51,6 +51,7 @@ def test_shapes_and_labels(mosaics, split):
         np.testing.assert_array_equal(d["labels_obs"], d["labels"])
 
 
+@pytest.mark.slow
 def test_round_trip_through_the_prepared_dataset(tmp_path, mosaics):
     dataset = catalog.open_dataset("demo", str(tmp_path))  # builds it
     assert dataset.image_format == "png" and dataset.class_names == demo.CLASS_NAMES
@@ -78,6 +79,7 @@ def test_every_built_in_dataset_is_in_the_catalog_with_its_classes():
         assert catalog.spec(name).num_classes == mosaic_set.num_classes
 
 
+@pytest.mark.slow
 def test_letters_render_deterministically_and_the_splits_share_no_glyph():
     again = letters.letter_glyphs.__wrapped__("validation")  # rendered anew, not the cached bank
     for cached, fresh in zip(letters.letter_glyphs("validation"), again):
