@@ -21,7 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, demo_flags, latest_checkpoint, one_line_error, override, run, tiny_demo
+from helpers import (
+    ROOT,
+    TINY_DEMO,
+    demo_flags,
+    latest_checkpoint,
+    one_line_error,
+    override,
+    run,
+    tiny_demo,
+)
 
 from bridgegap_jax import (
     checkpoint,
@@ -561,7 +570,7 @@ def test_sigterm_a_kill_in_a_save_and_a_damaged_checkpoint_resume_to_the_uninter
 
     # 1. SIGTERM mid-epoch, as a preempted machine sends it; started from another directory with the
     # config file's absolute path.
-    config_file = os.path.join(ROOT, "configs", "demo.py")
+    config_file = os.path.join(ROOT, TINY_DEMO)  # configs/demo.py:tiny
     first = subprocess.Popen(
         [sys.executable, "-m", "bridgegap_jax.main", f"--config={config_file}", *flags[1:]],
         cwd=tmp_path,
