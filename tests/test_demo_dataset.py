@@ -92,6 +92,7 @@ def test_letters_render_deterministically_and_the_splits_share_no_glyph():
     assert not seen & {g.tobytes() for bank in again for g in bank}
 
 
+@pytest.mark.slow
 def test_letters_round_trip_with_full_labels_on_every_split(tmp_path):
     small = dataclasses.replace(letters.LETTERS, sizes={"train": 40, "validation": 16, "test": 16})
     mosaic_builder.build(small, str(tmp_path))

@@ -204,6 +204,7 @@ def test_fused_batch_norm_in_bfloat16_stays_within_bf16_rounding():
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
+@pytest.mark.slow
 def test_strided_max_pool_equals_reduce_window_with_ties(shape):
     """Values exactly equal; gradients too, up to the order of summing an element's windows, ties
     included (few distinct values): it goes to the first maximum of a window, as select-and-scatter."""
