@@ -65,6 +65,7 @@ flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead o
 
 EXIT_USER_ERROR = 2
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+CONFIG_FILE_ERROR = "Error whilst parsing config file"  # ml_collections' text when get_config raises
 
 
 def stderr_to(stream) -> None:
@@ -177,6 +178,13 @@ def parse_flags(argv: list[str]) -> list[str]:
             )
         if isinstance(error, (ImportError, SyntaxError)):
             fail(f"the config file {config_file(argv)} does not load: {error}")
+        text = str(error)
+        if CONFIG_FILE_ERROR in text:  # ml_collections wraps get_config's error in its traceback
+            config_arg = text.split(": " + CONFIG_FILE_ERROR, 1)[0].removeprefix("flag ")
+            kind, _, message = text.strip().splitlines()[-1].partition(": ")
+            if kind == "TypeError" and "positional argument" in message:
+                message = "this config file takes no ':VARIANT' (configs/demo.py:tiny is the one variant)"
+            fail(f"{config_arg}: {message}")
         fail(error)
 
 

@@ -47,15 +47,7 @@ def demo_data_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(demo_data_dir):
-    """The demo config shrunk to seconds (helpers.TINY_DEMO: 32x32 inputs, a width-8 ResNet-18, batch
-    64 = 25 steps per epoch, 2 epochs, decoding in-process). One shape everywhere: the suite compiles
-    it once (the persistent compilation cache)."""
-    from configs import demo
-    from helpers import TINY_DEMO
+    """configs/demo.py:tiny (helpers.TINY_DEMO) on the session's demo dataset."""
+    from helpers import tiny_demo
 
-    config = demo.get_config()
-    config.data.data_dir = demo_data_dir
-    for key, value in TINY_DEMO.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    return config
+    return tiny_demo(demo_data_dir)

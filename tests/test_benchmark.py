@@ -29,6 +29,7 @@ def test_imports_no_tensorflow_ml_collections_or_torch():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+@pytest.mark.slow
 def test_benchmark_step_is_the_training_step():
     """One step of the benchmark's setup == steps.train_step with the training defaults (LL-R, k > 0)."""
     setup = jax_rows.jax_setup("jax-fp32", 4, depth=18, num_classes=10, size=32, width=8)
@@ -159,6 +160,7 @@ def test_tiny_run_without_torch_says_what_was_skipped(tmp_path):
     assert "**NOT MEASURED**" in text and "no torch-ref b2 row (skipped: PyTorch is not installed" in text
 
 
+@pytest.mark.slow
 def test_tiny_run_with_torch_writes_the_table(tmp_path, capsys):
     pytest.importorskip(
         "torch", reason="torch is a test extra (pip install -e '.[torch]'); the benchmark compares against it"
@@ -197,6 +199,7 @@ def test_tiny_run_with_torch_writes_the_table(tmp_path, capsys):
     assert not os.path.exists(str(out) + ".partial")
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_script_runs_in_tiny_mode(tmp_path):
     """The GPU script end to end on the CPU, with a budget so small that most rows are skipped; run
     with this interpreter (PYTHON), not whatever `python3` PATH finds."""

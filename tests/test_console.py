@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from helpers import ROOT, demo_flags
 
 TIME = r"\d+:\d\d:\d\d"
@@ -46,6 +48,7 @@ def check_run(done):
     assert kinds.count("validation") == 1 and kinds.count("resume") <= 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_with_workers_is_one_line_and_the_rerun_is_clean(tmp_path, demo_data_dir):
     """A terminal sends Ctrl-C to the whole process group: the grain workers too. The run stops at the
     next step, wherever the signal lands (a garbage-collection callback used to swallow it), and saves."""

@@ -68,6 +68,7 @@ def test_a_failed_build_on_first_use_keeps_its_one_line_error(tmp_path):
     assert type(crash) is RuntimeError and "ZeroDivisionError" in str(crash)  # a bug: its traceback
 
 
+@pytest.mark.slow
 def test_round_trip_through_the_prepared_dataset(tmp_path, mosaics, capsys):
     dataset = catalog.open_dataset("demo", str(tmp_path))  # builds it, with the prepare command
     assert capsys.readouterr().out == f"built the demo dataset in {dataset.directory}\n"
@@ -96,6 +97,7 @@ def test_every_built_in_dataset_is_in_the_catalog_with_its_classes():
         assert catalog.spec(name).num_classes == mosaic_set.num_classes
 
 
+@pytest.mark.slow
 def test_letters_render_deterministically_and_the_splits_share_no_glyph():
     again = letters.letter_glyphs.__wrapped__("validation")  # rendered anew, not the cached bank
     for cached, fresh in zip(letters.letter_glyphs("validation"), again):
@@ -108,6 +110,7 @@ def test_letters_render_deterministically_and_the_splits_share_no_glyph():
     assert not seen & {g.tobytes() for bank in again for g in bank}
 
 
+@pytest.mark.slow
 def test_letters_round_trip_with_full_labels_on_every_split(tmp_path):
     small = dataclasses.replace(letters.LETTERS, sizes={"train": 40, "validation": 16, "test": 16})
     mosaic_builder.build(small, str(tmp_path))

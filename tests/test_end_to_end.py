@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import demo_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,6 +44,7 @@ def test_the_blocker_blocks(tmp_path):
     assert done.returncode != 0 and "TensorFlow is blocked" in done.stderr
 
 
+@pytest.mark.slow
 def test_demo_trains_without_tensorflow_and_prints_only_its_own_lines(tmp_path, demo_data_dir):
     from test_console import check_run
 
@@ -55,6 +58,7 @@ def test_demo_trains_without_tensorflow_and_prints_only_its_own_lines(tmp_path, 
     assert json.loads((tmp_path / "run" / "result.json").read_text())["num_test_examples"] == 480
 
 
+@pytest.mark.slow
 def test_fake_openimages_trains_and_reports_observed_only_groups(tmp_path):
     env = blocked_tensorflow(tmp_path)
     run(env, "bridgegap_jax.prepare.fake", "openimages", f"--out={tmp_path / 'download'}")

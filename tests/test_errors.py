@@ -56,6 +56,15 @@ def test_unknown_config_field_is_one_line_with_a_suggestion(tmp_path):
             f"error: --config=configs/nope.py: no such file (a relative path starts at the current directory, "
             f"{ROOT}); name a file of the repository's configs/",
         ),
+        (
+            "--config=configs/demo.py:huge",
+            "error: --config=configs/demo.py:huge: no variant 'huge': use --config=configs/demo.py or "
+            "--config=configs/demo.py:tiny",
+        ),
+        (
+            "--config=configs/coco.py:tiny",
+            "error: --config=configs/coco.py:tiny: this config file takes no ':VARIANT'",
+        ),
     ],
 )
 def test_a_flag_mistake_is_one_line_and_writes_nothing(tmp_path, flag, expected):

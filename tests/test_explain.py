@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Extraction
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("trained_alpha", [1.0, 5.0])
+@pytest.mark.slow
 def test_cam_extraction_equals_the_models_logits(trained_alpha):
     model = CAMClassifier(num_classes=10, depth=18, width=8, alpha=trained_alpha)
     images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), np.uint8)

@@ -99,6 +99,7 @@ def test_export_refuses_a_width_torchvision_cannot_build(tiny_config, tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_the_readme_pytorch_code_on_a_resnet50_gives_predicts_probabilities(
     tiny_config, tmp_path, monkeypatch
 ):

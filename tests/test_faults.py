@@ -21,7 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, TINY_DEMO, demo_flags, latest_checkpoint, one_line_error, run
+from helpers import (
+    ROOT,
+    TINY_DEMO,
+    demo_flags,
+    latest_checkpoint,
+    one_line_error,
+    override,
+    run,
+    tiny_demo,
+)
 
 from bridgegap_jax import (
     checkpoint,
@@ -40,20 +49,10 @@ from bridgegap_jax.prepare import cli, fake, writer
 from bridgegap_jax.run_log import RunLog
 
 
-def tiny(config, **fields):
-    """`config` with helpers.TINY_DEMO and `fields` ('__' for '.') set."""
-    for key, value in {**TINY_DEMO, **{k.replace("__", "."): v for k, v in fields.items()}}.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    return config
-
-
 @pytest.fixture(scope="module")
 def finished(demo_data_dir, tmp_path_factory):
     """A finished tiny demo run: (workdir, config)."""
-    from configs import demo
-
-    config = tiny(demo.get_config(), data__data_dir=demo_data_dir, train__num_epochs=1)
+    config = tiny_demo(demo_data_dir, train__num_epochs=1)
     workdir = str(tmp_path_factory.mktemp("finished") / "run")
     trainer.train_and_evaluate(config, workdir)
     return workdir, config
@@ -62,9 +61,7 @@ def finished(demo_data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def uninterrupted(demo_data_dir, tmp_path_factory):
     """The tiny demo run (helpers.TINY_DEMO, 2 epochs) never interrupted: (workdir, result)."""
-    from configs import demo
-
-    config = tiny(demo.get_config(), data__data_dir=demo_data_dir)
+    config = tiny_demo(demo_data_dir)
     workdir = str(tmp_path_factory.mktemp("uninterrupted") / "run")
     return workdir, trainer.train_and_evaluate(config, workdir)
 
@@ -86,6 +83,7 @@ def latest_params(workdir):
 
 
 # --- 1. a finished workdir and a changed config -----------------------------------------------
+@pytest.mark.slow
 def test_a_finished_workdir_refuses_a_changed_config(finished, demo_data_dir):
     workdir, config = finished
     config = config.copy_and_resolve_references()
@@ -157,8 +155,9 @@ def test_fuzzed_jpegs_never_reach_training(tmp_path):
 
 
 # --- 3. divergence ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_non_finite_step_stops_the_run_and_never_reaches_a_checkpoint(tiny_config, tmp_path):
-    tiny(tiny_config, train__lr=1e20, train__checkpoint_every_steps=1)
+    override(tiny_config, train__lr=1e20, train__checkpoint_every_steps=1)
     workdir = str(tmp_path / "run")
     with pytest.raises(
         trainer.NonFiniteError,
@@ -180,9 +179,10 @@ def test_a_non_finite_step_stops_the_run_and_never_reaches_a_checkpoint(tiny_con
         trainer.train_and_evaluate(tiny_config, workdir)
 
 
+@pytest.mark.slow
 def test_a_model_diverged_under_skip_ends_with_the_non_finite_line(tiny_config, tmp_path):
     """Not a traceback of NaN scores: the first step makes the parameters ~1e20, the rest are skipped."""
-    tiny(tiny_config, train__lr=1e20, train__nonfinite="skip", train__num_epochs=1)
+    override(tiny_config, train__lr=1e20, train__nonfinite="skip", train__num_epochs=1)
     with pytest.raises(
         trainer.NonFiniteError,
         match=r"the validation scores are not finite at epoch 1: .*24 non-finite step\(s\) skipped",
@@ -201,11 +201,12 @@ class NaNEveryThirdBatch(schemes.Scheme):
         return losses.LossOutput(jnp.where(bad, jnp.nan, out.loss), out.selected)
 
 
+@pytest.mark.slow
 def test_the_skip_policy_drops_non_finite_steps(tiny_config, tmp_path):
     """(NaNEveryThirdBatch is registered from outside the package, as a user's own scheme would be.)"""
     schemes.register(NaNEveryThirdBatch)
     try:
-        tiny(tiny_config, loss__scheme="test-nan", train__nonfinite="skip", train__num_epochs=1)
+        override(tiny_config, loss__scheme="test-nan", train__nonfinite="skip", train__num_epochs=1)
         result = trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
     finally:
         del schemes.REGISTRY["test-nan"]
@@ -216,13 +217,14 @@ def test_the_skip_policy_drops_non_finite_steps(tiny_config, tmp_path):
     assert np.isfinite(result["test_map"])
 
 
+@pytest.mark.slow
 def test_the_readme_remedy_for_divergence_resumes_with_skip(tiny_config, tmp_path):
     """Stopped at the first non-finite step, the same workdir resumes with --config.train.nonfinite=skip
     (README, When things go wrong), and the change is recorded."""
     schemes.register(NaNEveryThirdBatch)
     workdir = str(tmp_path / "run")
     try:
-        tiny(tiny_config, loss__scheme="test-nan", train__num_epochs=1, train__checkpoint_every_steps=1)
+        override(tiny_config, loss__scheme="test-nan", train__num_epochs=1, train__checkpoint_every_steps=1)
         with pytest.raises(trainer.NonFiniteError, match="stopped without saving; the latest checkpoint"):
             trainer.train_and_evaluate(tiny_config, workdir)
         step, _ = latest_params(workdir)
@@ -265,6 +267,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_refuses(demo_data_dir, tmp_path):
     """... and when the first is killed (kill -9), its decoding workers exit too."""
     workdir = str(tmp_path / "run")
@@ -293,6 +296,7 @@ def test_a_second_run_on_a_busy_workdir_refuses(demo_data_dir, tmp_path):
     assert not any(alive(pid) for pid in workers), "workers outlived the killed run"
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_is_taken_over(tiny_config, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -403,6 +407,7 @@ def test_sizes_that_do_not_fit_the_host_name_what_they_need(tiny_config, tmp_pat
 
 
 # --- 7. tracebacks that are now one line (Ctrl-C: tests/test_console.py) ----------------------
+@pytest.mark.slow
 def test_a_full_disk_is_one_line(demo_data_dir, tmp_path):
     """Only our line: what orbax logs and its threads print as the save fails is dropped."""
     done = run(
@@ -426,6 +431,7 @@ def file_in_the_way(tmp_path):
     "case",
     ["workdir is a file", "workdir under a file", "read-only file system", "demo data dir under a file"],
 )
+@pytest.mark.slow
 def test_a_workdir_or_data_dir_that_cannot_be_written_is_one_line(demo_data_dir, file_in_the_way, case):
     data_dir = file_in_the_way / "data" if case == "demo data dir under a file" else demo_data_dir
     workdir = file_in_the_way if case == "workdir is a file" else file_in_the_way.parent / "run"
@@ -447,6 +453,7 @@ def test_a_workdir_or_data_dir_that_cannot_be_written_is_one_line(demo_data_dir,
 
 
 @pytest.mark.parametrize("name", [rundir.CONFIG_FILE, rundir.RESULT_FILE])
+@pytest.mark.slow
 def test_a_damaged_config_or_result_file_is_one_line_naming_it(finished, demo_data_dir, tmp_path, name):
     workdir = shutil.copytree(finished[0], tmp_path / "run")
     (workdir / name).write_text('{"seed": ')  # cut short
@@ -463,6 +470,7 @@ def test_a_damaged_config_or_result_file_is_one_line_naming_it(finished, demo_da
     assert report.main([str(workdir)]) == 2  # the report names it too
 
 
+@pytest.mark.slow
 def test_a_damaged_best_checkpoint_stops_a_resumed_run_at_its_start(finished, tmp_path):
     workdir, config = finished
     workdir = shutil.copytree(workdir, tmp_path / "run")
@@ -479,6 +487,7 @@ def test_a_damaged_best_checkpoint_stops_a_resumed_run_at_its_start(finished, tm
     assert not (workdir / rundir.LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_shard_is_named(demo_data_dir, tmp_path):
     shutil.copytree(os.path.join(demo_data_dir, "bridgegap_demo"), tmp_path / "data" / "bridgegap_demo")
     shard = next((tmp_path / "data").glob("bridgegap_demo/*/bridgegap_demo-train.array_record-*"))
@@ -552,6 +561,7 @@ def package_only(tmp_path) -> dict:
     return dict(os.environ, PYTHONPATH=str(site))
 
 
+@pytest.mark.slow
 def test_sigterm_a_kill_in_a_save_and_a_damaged_checkpoint_resume_to_the_uninterrupted_end(
     uninterrupted, demo_data_dir, tmp_path
 ):
@@ -560,7 +570,7 @@ def test_sigterm_a_kill_in_a_save_and_a_damaged_checkpoint_resume_to_the_uninter
 
     # 1. SIGTERM mid-epoch, as a preempted machine sends it; started from another directory with the
     # config file's absolute path.
-    config_file = os.path.join(ROOT, "configs", "demo.py")
+    config_file = os.path.join(ROOT, TINY_DEMO)  # configs/demo.py:tiny
     first = subprocess.Popen(
         [sys.executable, "-m", "bridgegap_jax.main", f"--config={config_file}", *flags[1:]],
         cwd=tmp_path,
@@ -616,6 +626,7 @@ def test_sigterm_a_kill_in_a_save_and_a_damaged_checkpoint_resume_to_the_uninter
     assert changes == [(step, {"data.workers": [0, 2], "train.log_every_steps": [5, 7]})]
 
 
+@pytest.mark.slow
 def test_a_stop_during_a_validation_saves_where_training_stood(
     uninterrupted, tiny_config, tmp_path, monkeypatch
 ):

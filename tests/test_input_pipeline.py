@@ -120,6 +120,7 @@ def test_resuming_reads_nothing_before_the_resume_point(dataset, reads):
             np.testing.assert_array_equal(first[key], uninterrupted[key])
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches(dataset):
     o = options(image_size=16)
     plan = [input_pipeline.Segment("train", 4, 1), input_pipeline.Segment("validation", 2)]

@@ -22,6 +22,7 @@ def random_batch(rng, rows, classes):
 
 @pytest.mark.parametrize("name", ["LL-R", "LL-Ct", "LL-Cp"])
 @pytest.mark.parametrize("rows", [64, 56])  # 4 groups of 16; 3 of 16 and a last one of 8
+@pytest.mark.slow
 def test_grouped_selection_equals_separate_batches_of_16(name, rows):
     rng = np.random.default_rng(rows)
     logits, observed = random_batch(rng, rows, 80)

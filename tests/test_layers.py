@@ -88,6 +88,7 @@ def test_speed_options_are_off_by_default_and_checked():
 
 
 @pytest.mark.parametrize("name", OPTIONS)
+@pytest.mark.slow
 def test_option_keeps_variables_and_matches_the_default_step(name, batch, default):
     model0, variables0, (loss0, grads0, stats0) = default
     model = CAMClassifier(num_classes=10, depth=18, width=8, **OPTIONS[name])
@@ -104,6 +105,7 @@ def test_option_keeps_variables_and_matches_the_default_step(name, batch, defaul
     assert_trees_close(stats, stats0, 1e-5)
 
 
+@pytest.mark.slow
 def test_options_compute_the_same_function_in_float64():
     """In float64 the rounding is (almost) gone: loss equal to 1e-12; gradients and statistics to 1e-8
     (train-mode BatchNorm over few values amplifies the last bits; float32 leaves 1e-5)."""
@@ -133,6 +135,7 @@ def test_options_compute_the_same_function_in_float64():
     assert_trees_close(got_stats, stats, 1e-8)
 
 
+@pytest.mark.slow
 def test_bfloat16_head_keeps_float32_output_and_matches_within_bf16_rounding(batch, default):
     model0, variables0, _ = default
     model = CAMClassifier(num_classes=10, depth=18, width=8, head_dtype="bfloat16")
@@ -142,6 +145,7 @@ def test_bfloat16_head_keeps_float32_output_and_matches_within_bf16_rounding(bat
     assert relative(cam, cam0) < 2e-2  # operands rounded to 8 significant bits, sums in float32
 
 
+@pytest.mark.slow
 def test_fused_batch_norm_equals_flax_in_a_bottleneck_with_downsample():
     """Residual add, ReLU and the downsample branch's BN (no ReLU), forward and backward."""
     x = jax.random.normal(jax.random.key(0), (3, 8, 8, 16))
@@ -168,6 +172,7 @@ def test_fused_batch_norm_equals_flax_in_a_bottleneck_with_downsample():
     assert_trees_close(grads, expected[1], 1e-5)
 
 
+@pytest.mark.slow
 def test_fused_batch_norm_in_bfloat16_stays_within_bf16_rounding():
     x = jax.random.normal(jax.random.key(0), (4, 6, 6, 8)).astype(jnp.bfloat16)
     residual = jax.random.normal(jax.random.key(1), x.shape).astype(jnp.bfloat16)
@@ -196,6 +201,7 @@ def test_fused_batch_norm_in_bfloat16_stays_within_bf16_rounding():
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
+@pytest.mark.slow
 def test_strided_max_pool_equals_reduce_window_with_ties(shape):
     """Values exactly equal; gradients too, up to the order of summing an element's windows, ties
     included (few distinct values): it goes to the first maximum of a window, as select-and-scatter."""

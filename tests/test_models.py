@@ -66,6 +66,7 @@ def test_boost_lu_gradient_is_alpha_on_positive_cells():
     np.testing.assert_array_equal(boost_lu(cam, 5.0), [-2.0, -0.5, 0.0, 1.5, 20.0])
 
 
+@pytest.mark.slow
 def test_bfloat16_trunk_keeps_float32_parameters_and_outputs(tiny):
     _, variables, images = tiny
     model = CAMClassifier(num_classes=5, depth=18, width=8, dtype=jnp.bfloat16)

@@ -12,6 +12,7 @@ from conftest import DEMO_DATA_DIR_VAR, EIGHT_DEVICES_FLAG
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_multidevice_tests_pass_on_8_virtual_devices(demo_data_dir, tmp_path):
     env = dict(os.environ, XLA_FLAGS=EIGHT_DEVICES_FLAG, **{DEMO_DATA_DIR_VAR: demo_data_dir})
     command = [

@@ -131,6 +131,7 @@ def test_prepare_reads_every_quirk_and_lists_what_it_skipped(prepared):
     assert by_path.directory == dataset.directory and by_path.label_encoding == "partial"
 
 
+@pytest.mark.slow
 def test_the_result_says_how_it_was_evaluated(trained):
     *_, workdir, result = trained
     assert result["evaluation"] == {"validation": "observed", "test": "observed"}
@@ -142,6 +143,7 @@ def test_the_result_says_how_it_was_evaluated(trained):
     assert result["num_test_examples"] == 4
 
 
+@pytest.mark.slow
 def test_predict_on_the_test_split_gives_the_evaluations_probabilities(trained, capsys):
     root, images, data_dir, config, workdir, result = trained
     out = root / "test.csv"
@@ -184,6 +186,7 @@ def predicted(trained):
     return root / "all.csv", out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_predict_on_new_images_lists_the_unreadable_and_draws_the_maps(trained, predicted, capsys):
     from helpers import png_size
 
@@ -223,6 +226,7 @@ def test_predict_on_new_images_lists_the_unreadable_and_draws_the_maps(trained, 
     assert f"--out={jsonl} exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_writes_torchvision_names_and_what_pytorch_needs(trained, capsys):
     root, images, data_dir, config, workdir, result = trained
     path = root / "model.safetensors"
@@ -250,6 +254,7 @@ def test_export_writes_torchvision_names_and_what_pytorch_needs(trained, capsys)
     assert meta["resize"] == "bilinear" and json.loads(meta["mean"]) == [0.485, 0.456, 0.406]
 
 
+@pytest.mark.slow
 def test_the_readme_pytorch_code_gives_predicts_probabilities(trained, predicted, monkeypatch):
     root, images, data_dir, config, workdir, result = trained
     names = [image_name(i, "train") for i in range(4)]  # JPEG, PNG and WebP

@@ -81,6 +81,7 @@ def trunk_pair(request):
     return depth, resnet, variables, apply
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,batch", [(224, 2), (448, 1)])
 def test_converted_trunk_equals_torchvision_eval(trunk_pair, size, batch):
     """Flax float32 is as close to the exact (float64) torchvision features as torchvision's own
@@ -109,6 +110,7 @@ def test_converted_trunk_equals_torchvision_eval(trunk_pair, size, batch):
     [{}, {"batch_norm": "fused", "max_pool": "strided", "stem": "space_to_depth"}],
     ids=["default layers", "speed options"],
 )
+@pytest.mark.slow
 def test_key_map_and_paddings_exact_in_float64(options):
     """ResNet-50 at 224 in float64 on both sides: equal to 1e-9 (no float32 noise left to hide a slip);
     also with the speed options, which compute the same function."""
@@ -136,6 +138,23 @@ def test_key_map_and_paddings_exact_in_float64(options):
     assert diff < 1e-9
 
 
+def test_reference_classifier_in_eval_mode_equals_ours_at_tiny_size():
+    """The fast tier's parity check (the full ones are slow): the PyTorch reference CAMClassifier
+    (ResNet-18, 32x32, BatchNorm statistics that matter) and ours on its converted variables give the
+    same CAM and BoostLU logits from the same uint8 images."""
+    torch.manual_seed(0)
+    reference = torch_reference.CAMClassifier(18, 10, alpha=5.0)
+    randomize_batchnorm(reference, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        want_logits, want_cam = (t.numpy() for t in reference(torch_reference.normalize_uint8(images)))
+    model = CAMClassifier(num_classes=10, depth=18, alpha=5.0)
+    logits, cam = jax.jit(model.apply)(torch_reference.flax_variables(reference, 18), images)
+    scale = np.abs(want_cam).max()
+    assert np.abs(np.asarray(cam) - want_cam.transpose(0, 2, 3, 1)).max() <= 1e-4 * scale
+    assert np.abs(np.asarray(logits) - want_logits).max() <= 1e-4 * scale
+
+
 # ----------------------------------------------------------------------------------------------
 # One training step
 # ----------------------------------------------------------------------------------------------
@@ -157,8 +176,14 @@ def relative(a, b):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"batch_norm": "fused", "max_pool": "strided"}],
-    ids=["default layers", "fused batch_norm, strided max_pool"],
+    [
+        pytest.param({}, id="default layers", marks=pytest.mark.slow),
+        pytest.param(
+            {"batch_norm": "fused", "max_pool": "strided"},
+            id="fused batch_norm, strided max_pool",
+            marks=pytest.mark.slow,
+        ),
+    ],
 )
 def test_training_step_equals_pytorch_reference(options):
     """ResNet-18, 64x64, batch 4, 80 classes, alpha 5, LL-R at epoch 3 (k = 4), train-mode BN; with

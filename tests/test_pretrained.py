@@ -139,6 +139,7 @@ def test_convert_names_what_is_wrong(resnet18_state, change, expected):
     assert "resnet50-0676ba61.pth" in str(info.value)  # where to get the right file
 
 
+@pytest.mark.slow
 def test_convert_command_then_load_into_the_model(tmp_path, resnet18_state, capsys):
     source = tmp_path / "model.safetensors"
     write_safetensors(source, resnet18_state)

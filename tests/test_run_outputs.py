@@ -42,16 +42,9 @@ def strict_json(line):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, demo_data_dir):
     """A one-epoch tiny run, logging every 10 of its 25 steps (and at the last)."""
-    from configs import demo
+    from helpers import tiny_demo
 
-    from helpers import TINY_DEMO
-
-    config = demo.get_config()
-    for key, value in TINY_DEMO.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    config.data.data_dir = demo_data_dir
-    config.train.update(num_epochs=1, log_every_steps=10)
+    config = tiny_demo(demo_data_dir, train__num_epochs=1, train__log_every_steps=10)
     workdir = tmp_path_factory.mktemp("run")
     start = time.time()
     trainer.train_and_evaluate(config, str(workdir))

@@ -11,9 +11,9 @@ from helpers import Interrupted, interrupt_after, latest_checkpoint
 from bridgegap_jax import configuration, rundir, schemes, sharding, steps, trainer
 
 
+@pytest.mark.slow
 def test_step_lowers_the_loss_and_new_epochs_do_not_recompile():
-    config = __import__("configs.demo", fromlist=["get_config"]).get_config()
-    config.model.width = 8
+    config = __import__("configs.demo", fromlist=["get_config"]).get_config("tiny")
     mesh = sharding.make_mesh()
     model, tx = configuration.model(config, 10), configuration.optimizer(config)
     state = steps.create_state(model, tx, 32, 0, mesh)
@@ -34,6 +34,7 @@ def test_step_lowers_the_loss_and_new_epochs_do_not_recompile():
     assert step._cache_size() == 1  # one program for every epoch's k
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path, monkeypatch, capsys):
     """LL-Cp with the large-batch options on (their state must resume too): sqrt lr scaling, a warm-up
     the interruption falls in, cosine decay, ghost BatchNorm and grouped selection at batch 64."""
@@ -85,6 +86,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path,
 
 
 @pytest.mark.parametrize("optimizer,lr", [("lamb", 1e-2), ("lars", 0.1)])
+@pytest.mark.slow
 def test_each_layer_wise_optimizer_resumes_bit_identically(tiny_config, tmp_path, monkeypatch, optimizer, lr):
     """Its state (moments or momentum, and the schedule's step) continues exactly: one epoch with a
     warm-up and cosine decay, stopped at step 13 (resumes from 10). Adam: the test above."""
@@ -123,6 +125,7 @@ def test_a_workdir_refuses_another_config(tiny_config, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_a_relative_workdir_works(tiny_config, tmp_path, monkeypatch):
     # The README's command uses --workdir=runs/demo; orbax wants absolute paths.
     monkeypatch.chdir(tmp_path)

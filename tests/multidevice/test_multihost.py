@@ -28,6 +28,7 @@ import numpy as np
 
 from bridgegap_jax import configuration, evaluation, input_pipeline, rundir, sharding, steps, trainer
 from bridgegap_jax.checkpoint import RunCheckpoints
+from helpers import TINY_DEMO
 from multihost_driver import shorten
 
 
@@ -35,16 +36,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DRIVER = os.path.join(HERE, "multihost_driver.py")
 STEPS_PER_EPOCH = 6
-OVERRIDES = {  # on top of configs/demo.py; the same for the 2-process and the 1-process run
-    "data.image_size": 32,
-    "model.width": 8,
-    "train.num_epochs": 2,
+OVERRIDES = {  # on top of configs/demo.py:tiny; the same for the 2-process and the 1-process run
     "train.batch_size": 16,
     "train.log_every_steps": 1000,
     "train.checkpoint_every_steps": 4,
     "loss.scheme": "LL-Cp",
     "loss.delta_rel": 0.02,
-    "data.workers": 0,
 }
 
 
@@ -62,7 +59,7 @@ def start_two_processes(workdir, data_dir):
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
     )  # the session's compilation cache (conftest): the restarted run reuses the first run's programs
     flags = [
-        "--config=configs/demo.py",
+        f"--config={TINY_DEMO}",
         f"--workdir={workdir}",
         f"--config.data.data_dir={data_dir}",
         *[f"--config.{key}={value}" for key, value in OVERRIDES.items()],

@@ -28,8 +28,7 @@ def host_state():
     """The tiny_config model's initial state as host arrays, computed once; device_put on each mesh."""
     from configs import demo
 
-    config = demo.get_config()
-    config.model.width = 8
+    config = demo.get_config("tiny")
     model, tx = tiny_model(config)
     return jax.device_get(steps.create_state(model, tx, 32, 0, sharding.make_mesh(jax.devices()[:1])))
 
