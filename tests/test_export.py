@@ -132,6 +132,7 @@ def test_the_readme_pytorch_code_on_a_resnet50_gives_predicts_probabilities(
     )
 
 
+@pytest.mark.slow
 def test_a_source_trunk_reaches_fine_tuning_as_it_left_the_source_model(tiny_config, demo_data_dir, tmp_path):
     """The offline stand-in for an ImageNet trunk takes a user's path: a source run's trunk exported
     (--trunk_only, torchvision's names), converted by `pretrained`, loaded by a fine-tuning run. The
