@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import ROOT, demo_flags
 
 TIME = r"\d+:\d\d:\d\d"
