@@ -321,7 +321,6 @@ def save_trunk(out: str, trunk: dict, info: dict) -> str:
 
 def read_info(path: str) -> dict:
     import orbax.checkpoint as ocp
-
     from etils import epath
 
     path = _resolve(path)

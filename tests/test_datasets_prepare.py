@@ -206,8 +206,9 @@ def test_openimages_frequency_groups_and_names(openimages):
 
 
 def test_openimages_large_images_are_shrunk(openimages):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     made, builder = openimages
     got = _rows(builder, "train")

@@ -11,8 +11,8 @@ import pytest
 from helpers import make_run, png_size, random_variables
 
 from bridgegap_jax import cam_figures, cam_maps, cam_stats, explain, sharding, trained_run
-from bridgegap_jax.prepare import demo
 from bridgegap_jax.models import CAMClassifier
+from bridgegap_jax.prepare import demo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

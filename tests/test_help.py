@@ -10,7 +10,9 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module", ["main", "explain", "prepare", "pretrained", "report", "predict", "export"])
+@pytest.mark.parametrize(
+    "module", ["main", "explain", "prepare", "pretrained", "report", "predict", "export"]
+)
 def test_help_has_no_gaps(module):
     done = subprocess.run(
         [sys.executable, "-m", f"bridgegap_jax.{module}", "--help"],

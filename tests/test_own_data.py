@@ -11,8 +11,16 @@ import numpy as np
 import pytest
 from helpers import read_csv, run_readme_pytorch
 
-from bridgegap_jax import configuration, evaluation, export, input_pipeline, predict, sharding, trainer
-from bridgegap_jax import trained_run
+from bridgegap_jax import (
+    configuration,
+    evaluation,
+    export,
+    input_pipeline,
+    predict,
+    sharding,
+    trained_run,
+    trainer,
+)
 from bridgegap_jax.datasets import catalog
 from bridgegap_jax.files import sha256
 from bridgegap_jax.prepare import cli, writer

@@ -2,7 +2,7 @@
 
 import os
 
-from helpers import one_line_error, run
+from helpers import run
 
 
 def test_the_fine_tuning_grids_list_their_runs_without_a_trunk(tmp_path):

@@ -190,10 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(json.loads(args.child))
+    previous = signal.signal(signal.SIGTERM, stop_children_and_exit)
+    try:
+        return _benchmark(args)
+    finally:  # called in-process (tests), the caller's handler comes back
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _benchmark(args) -> int:
+    """The rows of `args`, each in its own process, then the table."""
     from bridgegap_jax.bench import flops as flops_lib
     from bridgegap_jax.models import CAMClassifier
 
-    signal.signal(signal.SIGTERM, stop_children_and_exit)
     start = time.monotonic()
     title = args.title or f"{args.model_name}, {SCHEME} + BoostLU alpha {args.alpha:g}"
     # Model FLOPs of the default layers (traced, nothing runs): the same for every row.

@@ -25,12 +25,11 @@ import time
 
 import jax
 import numpy as np
-
-from bridgegap_jax import configuration, evaluation, input_pipeline, rundir, sharding, steps, trainer
-from bridgegap_jax.checkpoint import RunCheckpoints
 from helpers import TINY_DEMO
 from multihost_driver import shorten
 
+from bridgegap_jax import configuration, evaluation, input_pipeline, rundir, sharding, steps, trainer
+from bridgegap_jax.checkpoint import RunCheckpoints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
