@@ -42,25 +42,54 @@ DEMO = {
 }
 
 
+# A layer-wise optimizer's lr as a multiple of the config's Adam lr. Adam moves every weight by about
+# lr, LAMB every kernel by about lr x its rms (~0.1 in these trunks), LARS by about 0.001 lr x its rms:
+# x10 and x10,000 give the first steps Adam's size, x1 and x1,000 a tenth of it (LAMB at x10 and
+# LARS at x10,000 stalled and diverged at batch 512 in this grid).
+LAYER_WISE_LR = {"lamb": (1.0, 10.0), "lars": (1_000.0, 10_000.0)}
+
+GROUPS = {"model.bn_group_size": 16, "loss.group_size": 16}
+
+
+def layer_wise(batch: int, optimizer: str, factor: float, lr: float) -> tuple[str, dict]:
+    """A grid entry: `optimizer` at `factor` x the Adam `lr`, sqrt scaling (as LAMB's paper), one epoch
+    of warm-up, cosine decay, and BatchNorm statistics and large-loss ranking in groups of 16."""
+    return f"b{batch}-{optimizer}x{factor:g}-sqrt-cos-groups16", {
+        "train.batch_size": batch,
+        "train.warmup_epochs": 1.0,
+        "train.lr_decay": "cosine",
+        "train.lr_scaling": "sqrt",
+        **GROUPS,
+        "train.optimizer": optimizer,
+        "train.lr": lr * factor,
+    }
+
+
 def batch_grid() -> dict:
     """Batch 16 (the protocol) and four recipes at 128 and 512, all for the same 8 epochs: the same lr;
     sqrt scaling and one epoch of warm-up; that plus BatchNorm and large-loss ranking over groups of
     16; linear scaling with both. Then batch 512 at the same lr with warm-up and both groupings for 32
-    epochs: 800 steps, 8x fewer than batch 16's 6,400."""
+    epochs: 800 steps, 8x fewer than batch 16's 6,400. Then the fine-tuning grid's best recipe (LARS,
+    sqrt scaling, warm-up, cosine decay, the groups) at 512 and 2048 in the same 8 epochs."""
     grid = {"b16": {"train.batch_size": 16}}
-    groups = {"model.bn_group_size": 16, "loss.group_size": 16}
     for batch in (128, 512):
         warm = {"train.batch_size": batch, "train.warmup_epochs": 1.0}
         grid[f"b{batch}-naive"] = {"train.batch_size": batch}
         grid[f"b{batch}-sqrt"] = {**warm, "train.lr_scaling": "sqrt"}
-        grid[f"b{batch}-sqrt-groups16"] = {**warm, "train.lr_scaling": "sqrt", **groups}
-        grid[f"b{batch}-linear-groups16"] = {**warm, "train.lr_scaling": "linear", **groups}
+        grid[f"b{batch}-sqrt-groups16"] = {**warm, "train.lr_scaling": "sqrt", **GROUPS}
+        grid[f"b{batch}-linear-groups16"] = {**warm, "train.lr_scaling": "linear", **GROUPS}
     grid["b512-groups16-32ep"] = {
         "train.batch_size": 512,
         "train.warmup_epochs": 1.0,
-        **groups,
+        **GROUPS,
         "train.num_epochs": 32,
     }
+    # The fine-tuning grid's best large-batch recipe (finetune_batch_grid), once more from scratch
+    from configs import demo_large
+
+    for batch in (512, 2048):
+        name, overrides = layer_wise(batch, "lars", 1_000.0, demo_large.get_config().train.lr)
+        grid[name] = overrides
     return grid
 
 
@@ -86,13 +115,6 @@ def lr_sweep() -> dict:
     return {f"lr{lr:g}": {"train.lr": lr} for lr in FINE_TUNING_LRS}
 
 
-# A layer-wise optimizer's lr as a multiple of the config's Adam lr. Adam moves every weight by about
-# lr, LAMB every kernel by about lr x its rms (~0.1 in these trunks), LARS by about 0.001 lr x its rms:
-# x10 and x10,000 give the first steps Adam's size, x1 and x1,000 a tenth of it (LAMB at x10 and
-# LARS at x10,000 stalled and diverged at batch 512 in this grid).
-LAYER_WISE_LR = {"lamb": (1.0, 10.0), "lars": (1_000.0, 10_000.0)}
-
-
 def finetune_batch_grid() -> dict:
     """Batch 16 (the protocol; and with cosine decay, to see what decay alone does), then at batch
     128, 512 and 2048 in the same 8 epochs (8x, 32x, 128x fewer steps): the same lr; sqrt and linear
@@ -103,22 +125,16 @@ def finetune_batch_grid() -> dict:
 
     lr = demo_large_finetune.get_config().train.lr
     grid = {"b16": {"train.batch_size": 16}, "b16-cos": {"train.batch_size": 16, "train.lr_decay": "cosine"}}
-    groups = {"model.bn_group_size": 16, "loss.group_size": 16}
     for batch in (128, 512, 2048):
         cos = {"train.batch_size": batch, "train.warmup_epochs": 1.0, "train.lr_decay": "cosine"}
         grid[f"b{batch}-naive"] = {"train.batch_size": batch}
         for scaling in ("sqrt", "linear"):
             grid[f"b{batch}-{scaling}-cos"] = {**cos, "train.lr_scaling": scaling}
-            grid[f"b{batch}-{scaling}-cos-groups16"] = {**cos, "train.lr_scaling": scaling, **groups}
+            grid[f"b{batch}-{scaling}-cos-groups16"] = {**cos, "train.lr_scaling": scaling, **GROUPS}
         for optimizer, factors in LAYER_WISE_LR.items():
             for factor in factors:
-                grid[f"b{batch}-{optimizer}x{factor:g}-sqrt-cos-groups16"] = {
-                    **cos,
-                    "train.lr_scaling": "sqrt",
-                    **groups,
-                    "train.optimizer": optimizer,
-                    "train.lr": lr * factor,
-                }
+                name, overrides = layer_wise(batch, optimizer, factor, lr)
+                grid[name] = overrides
     return grid
 
 
@@ -176,7 +192,9 @@ def main(argv: list[str]) -> int:
     if make_trunk and args.list:
         print("python " + " ".join(make_trunk) + "   # the missing trunk, made first")
     elif make_trunk:  # made on demand, once: later studies find it
-        print(f"{config} starts from a trunk that is not there yet: python {' '.join(make_trunk)}", flush=True)
+        print(
+            f"{config} starts from a trunk that is not there yet: python {' '.join(make_trunk)}", flush=True
+        )
         done = subprocess.run([sys.executable, *make_trunk], cwd=ROOT)
         if done.returncode != 0:
             return done.returncode
