@@ -71,7 +71,7 @@ def batch_grid() -> dict:
     16; linear scaling with both. Then batch 512 at the same lr with warm-up and both groupings for 32
     epochs: 800 steps, 8x fewer than batch 16's 6,400. Then the fine-tuning grid's best recipe (LARS,
     sqrt scaling, warm-up, cosine decay, the groups) at 512 and 2048 in the same 8 epochs, and at a tenth
-    of its lr at 512."""
+    of its lr at 512 for 8 and 32 epochs."""
     grid = {"b16": {"train.batch_size": 16}}
     for batch in (128, 512):
         warm = {"train.batch_size": batch, "train.warmup_epochs": 1.0}
@@ -88,9 +88,12 @@ def batch_grid() -> dict:
     # The fine-tuning grid's best large-batch recipe (finetune_batch_grid), once more from scratch
     from configs import demo_large
 
+    lr = demo_large.get_config().train.lr
     for batch, factor in ((512, 1_000.0), (2048, 1_000.0), (512, 100.0)):  # x100: x1,000 diverged at 512
-        name, overrides = layer_wise(batch, "lars", factor, demo_large.get_config().train.lr)
+        name, overrides = layer_wise(batch, "lars", factor, lr)
         grid[name] = overrides
+    name, overrides = layer_wise(512, "lars", 100.0, lr)
+    grid[f"{name}-32ep"] = {**overrides, "train.num_epochs": 32}  # 8x fewer steps than batch 16
     return grid
 
 
