@@ -119,6 +119,8 @@ def split_fields(configs: list[dict]) -> tuple[list[str], dict]:
 
 
 def value_text(value) -> str:
+    if isinstance(value, float):  # 12 digits: a product like 3e-4 x 1e4 reads 3.0, not 2.9999999999999996
+        value = float(f"{value:.12g}")
     return ("''" if value == "" else str(value)).replace("|", "\\|")
 
 

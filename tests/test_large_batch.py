@@ -88,17 +88,21 @@ def test_every_shipped_config_passes_the_checks(name):
     configuration.check(config)
 
 
-def test_the_pod_recipe_is_the_protocol_in_groups_of_16_in_8x_fewer_steps():
+def test_the_pod_recipe_is_the_protocol_in_groups_of_16_in_its_epochs_with_lars():
     from configs import openimages, openimages_pod
 
     protocol, pod = openimages.get_config(), openimages_pod.get_config()
-    assert pod.train.batch_size == 256 and pod.model.bn_group_size == pod.loss.group_size == 16
-    steps = pod.train.num_epochs / pod.train.batch_size
-    assert steps * 8 == protocol.train.num_epochs / protocol.train.batch_size
-    steps_per_epoch = 13_300
+    assert pod.train.batch_size == 512 and pod.model.bn_group_size == pod.loss.group_size == 16
+    assert pod.train.num_epochs == protocol.train.num_epochs  # 32x fewer steps
+    assert pod.train.optimizer == "lars" and pod.train.lr == pytest.approx(1_000 * protocol.train.lr)
+    steps_per_epoch = 6_650
     schedule = configuration.lr_schedule(pod, steps_per_epoch)
+    peak = 1_000 * protocol.train.lr * (512 / 16) ** 0.5
     assert float(schedule(steps_per_epoch // 2)) == pytest.approx(
-        protocol.train.lr / 2
+        peak / 2, rel=1e-3
     )  # halfway up the warm-up
-    assert float(schedule(steps_per_epoch)) == pytest.approx(protocol.train.lr)  # not scaled with the batch
+    assert float(schedule(steps_per_epoch)) == pytest.approx(peak)  # sqrt-scaled after it
+    assert float(schedule(pod.train.num_epochs * steps_per_epoch)) == pytest.approx(
+        0.0, abs=1e-9
+    )  # cosine to 0
     assert float(configuration.lr_schedule(protocol, steps_per_epoch)(0)) == protocol.train.lr

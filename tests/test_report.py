@@ -185,6 +185,19 @@ def test_seeds_groups_runs_that_differ_only_in_seed(tmp_path, capsys):
     assert "seed=" not in common and "loss.scheme=LL-R" in common
 
 
+def test_config_values_read_as_typed():
+    """Floats made by multiplying (a grid's lr x factor) read as the number meant; others as written."""
+    assert report.value_text(3e-4 * 1e4) == "3.0" and 3e-4 * 1e4 != 3.0
+    assert [report.value_text(v) for v in (0.0003, 1e-05, 1.0, 16, "a|b", "")] == [
+        "0.0003",
+        "1e-05",
+        "1.0",
+        "16",
+        "a\\|b",
+        "''",
+    ]
+
+
 def test_a_path_that_is_not_a_workdir_is_one_line_and_exit_code_2(tmp_path):
     good = workdir(tmp_path / "good", config(), result(1.0))
     (tmp_path / "plain").mkdir()
