@@ -13,7 +13,7 @@ to compute the same probabilities: alpha, class_names (JSON), image_size, resize
     python -m bridgegap_jax.export --workdir=runs/NAME --out=trunk.safetensors --trunk_only
 
 `--trunk_only` writes the trunk alone, as torchvision's ImageNet files hold it (without the
-classifier), for `python -m bridgegap_jax.pretrained` to convert into the start of another run:
+classifier), for `python -m bridgegap_jax.model.pretrained` to convert into the start of another run:
 this is how a trunk trained here becomes a pretrained trunk, exactly as torchvision's file does.
 torchvision builds only width-64 ResNets, so a whole-model export of a narrower run is refused;
 a trunk-only export of any width is allowed, because `pretrained` reads any width.
@@ -28,10 +28,12 @@ import sys
 import numpy as np
 from flax import traverse_util
 
-from bridgegap_jax import pretrained, sharding, trained_run
-from bridgegap_jax.errors import ArgumentParser, UserError
-from bridgegap_jax.models import IMAGENET_MEAN, IMAGENET_STD
-from bridgegap_jax.safetensors_file import write_safetensors
+from bridgegap_jax.base import sharding
+from bridgegap_jax.base.errors import ArgumentParser, UserError
+from bridgegap_jax.model import pretrained
+from bridgegap_jax.model.resnet import IMAGENET_MEAN, IMAGENET_STD
+from bridgegap_jax.model.safetensors_file import write_safetensors
+from bridgegap_jax.run import trained_run
 
 __all__ = ["torchvision_state_dict", "write_safetensors", "export"]
 TORCHVISION_WIDTH = 64
@@ -95,17 +97,21 @@ def export(
             f"{workdir} trained a ResNet of width {run.config.model.width} (config.model.width), and "
             f"torchvision builds only width {TORCHVISION_WIDTH}, so PyTorch could not load the file; export "
             f"a run trained with --config.model.width={TORCHVISION_WIDTH} (or pass --trunk_only to write the trunk "
-            "alone for `python -m bridgegap_jax.pretrained`)"
+            "alone for `python -m bridgegap_jax.model.pretrained`)"
         )
     if os.path.exists(os.path.expanduser(out)) and not overwrite:
         raise ExportError(f"--out={out} exists; choose another --out, or pass --overwrite to replace it")
     _, variables = trained_run.restore(run, sharding.make_mesh())
     if trunk_only:  # no classes: the dataset is not needed
         info = {key: value for key, value in metadata(run, ()).items() if key in TRUNK_METADATA}
-        info["format"] = "bridgegap_jax: a torchvision ResNet trunk (no classifier), for bridgegap_jax.pretrained"
+        info["format"] = (
+            "bridgegap_jax: a torchvision ResNet trunk (no classifier), for bridgegap_jax.model.pretrained"
+        )
     else:
         info = metadata(run, trained_run.open_dataset(run, data_dir).class_names)
-    write_safetensors(out, torchvision_state_dict(variables, trunk_only=trunk_only), info, overwrite=overwrite)
+    write_safetensors(
+        out, torchvision_state_dict(variables, trunk_only=trunk_only), info, overwrite=overwrite
+    )
     return info
 
 
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trunk_only",
         action="store_true",
-        help="write the trunk alone (any width), for python -m bridgegap_jax.pretrained to convert",
+        help="write the trunk alone (any width), for python -m bridgegap_jax.model.pretrained to convert",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -129,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.set_verbosity(logging.ERROR)  # orbax logs every file it reads
     try:
         info = export(
-            args.workdir, args.out, data_dir=args.data_dir, overwrite=args.overwrite, trunk_only=args.trunk_only
+            args.workdir,
+            args.out,
+            data_dir=args.data_dir,
+            overwrite=args.overwrite,
+            trunk_only=args.trunk_only,
         )
     except (UserError, OSError) as error:
         if args.debug:
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"wrote {args.out}: the ResNet-{info['depth']} trunk (width {info['width']}) under torchvision's "
             f"names, from the best checkpoint of {args.workdir} (step {info['best_step']}); convert it with "
-            f"`python -m bridgegap_jax.pretrained --source={args.out} --out=DIR`"
+            f"`python -m bridgegap_jax.model.pretrained --source={args.out} --out=DIR`"
         )
         return 0
     print(

@@ -26,7 +26,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from bridgegap_jax import xla_options
+from bridgegap_jax.model import xla_options
 
 config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py); override fields with --config.a.b=value.", lock_config=True
@@ -58,7 +58,7 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
     "xla_options",
     "",
-    "Comma-separated XLA GPU compiler presets (bridgegap_jax/xla_options.py: "
+    "Comma-separated XLA GPU compiler presets (bridgegap_jax/model/xla_options.py: "
     "conv-fusion, nhwc, exhaustive); speed only, so not part of the run's config.",
 )
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of its one-line message.")
@@ -246,7 +246,7 @@ def disk_full(error: BaseException) -> OSError | None:
 
 def resume_hint(workdir: str) -> str:
     """What rerunning the same command will do, from the checkpoints in `workdir`."""
-    from bridgegap_jax.rundir import RunDir
+    from bridgegap_jax.run.rundir import RunDir
 
     latest = RunDir(workdir).checkpoints / "latest"
     steps = [int(p.name) for p in latest.iterdir() if p.name.isdigit()] if latest.is_dir() else []
@@ -258,8 +258,8 @@ def resume_hint(workdir: str) -> str:
 def main(argv):
     FLAGS = flags.FLAGS
     quiet_libraries(FLAGS.verbose)
-    from bridgegap_jax import stopping
-    from bridgegap_jax.errors import UserError
+    from bridgegap_jax.base.errors import UserError
+    from bridgegap_jax.run import stopping
 
     if not (FLAGS.verbose or FLAGS.debug):
         stderr_to(HeldStderr(sys.stderr))
@@ -275,7 +275,7 @@ def main(argv):
         )
         stopping.join_processes()  # the preemption service of jax.distributed handles SIGTERM on a pod
         check_shared_workdir(workdir, FLAGS.workdir_is_shared)
-        from bridgegap_jax import trainer  # after flag parsing: --help stays fast
+        from bridgegap_jax.run import trainer  # after flag parsing: --help stays fast
 
         trainer.train_and_evaluate(FLAGS.config, workdir)
     except (UserError, app.UsageError) as error:
@@ -302,7 +302,7 @@ def main(argv):
 
 
 def run() -> None:
-    from bridgegap_jax import stopping
+    from bridgegap_jax.run import stopping
 
     stopping.install()  # before the flags are parsed: a Ctrl-C or SIGTERM from now on stops the run cleanly
     flags.mark_flags_as_required(["config"])

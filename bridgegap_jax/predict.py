@@ -44,10 +44,13 @@ import time
 
 import numpy as np
 
-from bridgegap_jax import cam_maps, images, sharding, steps, trained_run
-from bridgegap_jax.cam_figures import draw_cam_figure
-from bridgegap_jax.errors import ArgumentParser, UserError
-from bridgegap_jax.files import atomic_output
+from bridgegap_jax.base import sharding
+from bridgegap_jax.base.errors import ArgumentParser, UserError
+from bridgegap_jax.base.files import atomic_output
+from bridgegap_jax.data import images
+from bridgegap_jax.explain import cam_maps
+from bridgegap_jax.explain.cam_figures import draw_cam_figure
+from bridgegap_jax.run import steps, trained_run
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 FORMATS = (".csv", ".jsonl")

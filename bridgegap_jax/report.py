@@ -15,9 +15,9 @@ import json
 import statistics
 import sys
 
-from bridgegap_jax.clock import hms
-from bridgegap_jax.errors import UserError
-from bridgegap_jax.rundir import CONFIG_FILE, METRICS_FILE, RunDir
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.run.clock import hms
+from bridgegap_jax.run.rundir import CONFIG_FILE, METRICS_FILE, RunDir
 
 SEED = "seed"
 MISSING = "-"  # a field that a run's config does not have (made by another version)

@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.width = 64
     config.model.alpha = 5.0  # BoostLU; 1.0 = plain AN / LL
     config.model.dtype = "float32"  # trunk compute: float32 | bfloat16 (parameters stay float32)
-    # Speed options (bridgegap_jax/layers.py): the same function up to float rounding, same variables.
+    # Speed options (bridgegap_jax/model/layers.py): the same function up to float rounding, same variables.
     config.model.batch_norm = "flax"  # flax | fused (BN + residual add + ReLU as one op, own backward)
     config.model.max_pool = "reduce_window"  # reduce_window | strided (no select-and-scatter backward)
     config.model.stem = "conv"  # conv | space_to_depth (the 7x7/2 stem conv as 4x4/1 on 2x2 blocks)
@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Large batches: BatchNorm statistics over each group of G rows ("ghost" BN; 16 = the protocol's
     # statistics at any batch); 0 = over the whole batch.
     config.model.bn_group_size = 0
-    # ImageNet trunk converted once by `python -m bridgegap_jax.pretrained` ('' = random init).
+    # ImageNet trunk converted once by `python -m bridgegap_jax.model.pretrained` ('' = random init).
     config.model.pretrained = "~/bridgegap_weights/resnet50_v1"
 
     config.loss = ml_collections.ConfigDict()

@@ -50,7 +50,7 @@ install_wheels() {  # with pip; a Python without pip unpacks them (a wheel is a 
     for wheel in "$WHEELS"/*.whl; do "$PY" -m zipfile -e "$wheel" "$SITE" || return 1; done
   fi
 }
-CHECK='import bridgegap_jax.trainer, bridgegap_jax.prepare.cli, bridgegap_jax.main'
+CHECK='import bridgegap_jax.run.trainer, bridgegap_jax.prepare.cli, bridgegap_jax.main'
 if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" > /dev/null; then
   if install_wheels > "$LOGS/install.log" 2>&1 && PYTHONPATH="$SITE:$PATHS" "$PY" -c "$CHECK" \
       >> "$LOGS/install.log" 2>&1; then

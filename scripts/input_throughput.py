@@ -81,7 +81,7 @@ class MemoryDataset:
 
 def batch_reader(encoded: list[bytes], resize: str):
     """input_pipeline.BatchReader over one training epoch of `encoded`; returns (reader, batches)."""
-    from bridgegap_jax import input_pipeline
+    from bridgegap_jax.data import input_pipeline
 
     options = input_pipeline.Options(image_size=SIZE, batch_size=BATCH, eval_batch_size=BATCH, resize=resize)
     batches = input_pipeline.steps_per_epoch(len(encoded), options)
@@ -100,7 +100,7 @@ def ours(encoded: list[bytes], resize: str):
 
 
 def decode_only(encoded: list[bytes]):
-    from bridgegap_jax import images
+    from bridgegap_jax.data import images
 
     def run() -> int:
         for data in encoded:
@@ -180,7 +180,7 @@ def differences(encoded: list[bytes], have_torch: bool) -> dict:
     """Mean |x - PIL| in grey levels: each resize method at 448, and the default decoder alone."""
     from PIL import Image
 
-    from bridgegap_jax import images
+    from bridgegap_jax.data import images
 
     diffs: dict[str, list[float]] = {}
     for data in encoded:
@@ -207,8 +207,7 @@ def differences(encoded: list[bytes], have_torch: bool) -> dict:
 
 def grain_rate(data_dir: str, name: str, workers: int, batches: int, resize: str) -> tuple[float, int]:
     """images/s of the real Stream (tfds source, grain workers) over the first training batches."""
-    from bridgegap_jax import input_pipeline
-    from bridgegap_jax.datasets import catalog
+    from bridgegap_jax.data import catalog, input_pipeline
 
     dataset = catalog.open_dataset(name, data_dir)
     options = input_pipeline.Options(image_size=SIZE, batch_size=BATCH, eval_batch_size=BATCH, resize=resize)

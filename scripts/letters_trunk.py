@@ -9,7 +9,7 @@ Three steps, each skipped when its output is already there, so the command is al
   2. export its best checkpoint's trunk under torchvision's names, as torchvision's ImageNet files
      hold it: `python -m bridgegap_jax.export --trunk_only` -> WEIGHTS/letters_resnet18_wW.safetensors;
   3. convert that file exactly as a user converts torchvision's:
-     `python -m bridgegap_jax.pretrained` -> WEIGHTS/letters_resnet18_wW, what `model.pretrained` loads.
+     `python -m bridgegap_jax.model.pretrained` -> WEIGHTS/letters_resnet18_wW, what `model.pretrained` loads.
 WEIGHTS is --weights (default ~/bridgegap_weights). Further `--config.a.b=value` flags go to step 1
 (e.g. `--config.data.data_dir=DIR`). Nothing here is committed: the trunk is made on demand.
 """
@@ -46,7 +46,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", type=int, required=True, help="the trunk's width (16: demo, 8: demo_large)")
+    parser.add_argument(
+        "--width", type=int, required=True, help="the trunk's width (16: demo, 8: demo_large)"
+    )
     parser.add_argument("--weights", default="~/bridgegap_weights", help="where the three outputs go")
     args, passthrough = parser.parse_known_args(argv)
     unknown = [flag for flag in passthrough if not flag.startswith("--config.")]
@@ -70,11 +72,17 @@ def main(argv: list[str]) -> int:
     if not os.path.exists(where["file"]):
         step(
             "2/3 export the trunk",
-            ["-m", "bridgegap_jax.export", f"--workdir={where['run']}", f"--out={where['file']}", "--trunk_only"],
+            [
+                "-m",
+                "bridgegap_jax.export",
+                f"--workdir={where['run']}",
+                f"--out={where['file']}",
+                "--trunk_only",
+            ],
         )
     step(
         "3/3 convert it",
-        ["-m", "bridgegap_jax.pretrained", f"--source={where['file']}", f"--out={where['trunk']}"],
+        ["-m", "bridgegap_jax.model.pretrained", f"--source={where['file']}", f"--out={where['trunk']}"],
     )
     return 0
 

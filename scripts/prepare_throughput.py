@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from bridgegap_jax.datasets import writer
+from bridgegap_jax.data import writer
 
 CASES = (  # (name, size, max_short_side)
     ("OpenImages-like 1024x768 -> re-encoded at 512", (1024, 768), 512),

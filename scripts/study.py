@@ -157,7 +157,7 @@ def trunk_command(config_file: str, entries: list[dict], passthrough: list[str])
     """The command that makes the converted trunk a fine-tuning grid starts from, if it is missing
     (scripts/letters_trunk.py: train the letters, export, convert; README, "A pretrained trunk made
     offline"); None when the trunk is there or no entry needs it."""
-    from bridgegap_jax import pretrained
+    from bridgegap_jax.model import pretrained
 
     module = __import__(config_file[:-3].replace("/", "."), fromlist=["get_config"])
     config = module.get_config()

@@ -36,7 +36,7 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory):
     """The demo dataset, built once per test session into a temporary data_dir."""
-    from bridgegap_jax.datasets import catalog
+    from bridgegap_jax.data import catalog
 
     if DEMO_DATA_DIR_VAR in os.environ:
         return os.environ[DEMO_DATA_DIR_VAR]

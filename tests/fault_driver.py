@@ -45,7 +45,7 @@ def inject(fault: str, at_step: int, workdir: str) -> None:
 
         os.mkdir = mkdir
         return
-    from bridgegap_jax import checkpoint
+    from bridgegap_jax.run import checkpoint
 
     original = checkpoint.RunCheckpoints.save_latest
 

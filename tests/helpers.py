@@ -78,7 +78,7 @@ def failing_prefetch(original, num_batches: int, error):
 
 def interrupt_after(monkeypatch, num_batches):
     """Make an in-process run raise Interrupted after `num_batches` training steps."""
-    from bridgegap_jax import sharding
+    from bridgegap_jax.base import sharding
 
     prefetch = failing_prefetch(sharding.prefetch_to_device, num_batches, Interrupted)
     monkeypatch.setattr(sharding, "prefetch_to_device", prefetch)
@@ -122,9 +122,9 @@ def latest_checkpoint(workdir: str) -> tuple[int, dict]:
 
 def make_run(workdir, config, seed=0, num_classes=10, checkpoint=True, variables=None):
     """A fake finished run: config.json and a best checkpoint (step 7) of `variables` (default: random)."""
-    from bridgegap_jax import configuration
-    from bridgegap_jax.checkpoint import RunCheckpoints
-    from bridgegap_jax.rundir import CONFIG_FILE, RunDir
+    from bridgegap_jax.run import configuration
+    from bridgegap_jax.run.checkpoint import RunCheckpoints
+    from bridgegap_jax.run.rundir import CONFIG_FILE, RunDir
 
     os.makedirs(workdir)
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:

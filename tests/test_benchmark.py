@@ -12,10 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import schemes, steps, xla_options
 from bridgegap_jax.bench import cli, flops, jax_rows, tables
 from bridgegap_jax.bench.rows import Row, model_fields_of, split_variant, xla_flags_of
-from bridgegap_jax.models import CAMClassifier, ResNetTrunk
+from bridgegap_jax.model import xla_options
+from bridgegap_jax.model.resnet import CAMClassifier, ResNetTrunk
+from bridgegap_jax.run import schemes, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -3,7 +3,7 @@ the ETA, and what a resumed session takes over."""
 
 import pytest
 
-from bridgegap_jax.clock import Clock, hms
+from bridgegap_jax.run.clock import Clock, hms
 
 
 class FakeTime:

@@ -7,7 +7,7 @@ import ml_collections
 import pytest
 from helpers import make_run
 
-from bridgegap_jax import configuration, trained_run
+from bridgegap_jax.run import configuration, trained_run
 
 # (field, refused value, other fields set with it, what the message says is allowed): at least one
 # case per rule of the table (test_every_rule_has_a_case).

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bridgegap_jax.checkpoint import RunCheckpoints
-from bridgegap_jax.schemes.permanent_correction import LabelCorrections
+from bridgegap_jax.run.checkpoint import RunCheckpoints
+from bridgegap_jax.run.schemes.permanent_correction import LabelCorrections
 
 
 def test_corrections_survive_checkpoint_round_trip(tmp_path):

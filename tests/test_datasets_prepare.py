@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from bridgegap_jax import metrics
-from bridgegap_jax.datasets import catalog
+from bridgegap_jax.data import catalog
 from bridgegap_jax.prepare import cli, fake, writer
+from bridgegap_jax.run import metrics
 
 SINGLE_POSITIVE = ("voc", "coco", "cub", "nuswide")
 

@@ -7,8 +7,7 @@ import errno
 import numpy as np
 import pytest
 
-from bridgegap_jax import images
-from bridgegap_jax.datasets import catalog
+from bridgegap_jax.data import catalog, images
 from bridgegap_jax.prepare import built_in, demo, letters
 from bridgegap_jax.prepare import mosaics as mosaic_builder  # `mosaics` is the demo's fixture
 

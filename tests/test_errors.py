@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from bridgegap_jax import configuration, rundir, trainer
-from bridgegap_jax.datasets import catalog
+from bridgegap_jax.data import catalog
+from bridgegap_jax.run import configuration, rundir, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def test_missing_pretrained_weights_name_the_conversion_command(tmp_path, demo_d
             f"--config.model.pretrained={missing}",
         )
     )
-    assert str(missing) in message and "python -m bridgegap_jax.pretrained --source=" in message
+    assert str(missing) in message and "python -m bridgegap_jax.model.pretrained --source=" in message
     assert "--config.model.pretrained=''" in message  # or train from scratch
     assert not (tmp_path / "run").exists()  # rerunning with the weights in place must work
 

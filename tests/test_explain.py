@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from helpers import make_run, png_size, random_variables
 
-from bridgegap_jax import cam_figures, cam_maps, cam_stats, explain, sharding, trained_run
-from bridgegap_jax.models import CAMClassifier
+from bridgegap_jax.base import sharding
+from bridgegap_jax.explain import cam_figures, cam_maps, cam_stats
+from bridgegap_jax.explain import cli as explain
+from bridgegap_jax.model.resnet import CAMClassifier
 from bridgegap_jax.prepare import demo
+from bridgegap_jax.run import trained_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from helpers import make_run, one_line_error, random_variables, run, run_readme_pytorch
 
-from bridgegap_jax import configuration, export, pretrained
-from bridgegap_jax.models import CAMClassifier
-from bridgegap_jax.safetensors_file import read_metadata, read_safetensors
+from bridgegap_jax import export
+from bridgegap_jax.model import pretrained
+from bridgegap_jax.model.resnet import CAMClassifier
+from bridgegap_jax.model.safetensors_file import read_metadata, read_safetensors
+from bridgegap_jax.run import configuration
 
 
 def random_trunk_variables(model, seed=0):
@@ -138,10 +140,10 @@ def test_a_source_trunk_reaches_fine_tuning_as_it_left_the_source_model(tiny_con
     (--trunk_only, torchvision's names), converted by `pretrained`, loaded by a fine-tuning run. The
     fine-tuning run's first forward pass (train mode: batch statistics) and its evaluation mode (the
     trunk's running statistics) see exactly the source model's trunk features."""
-    from bridgegap_jax import sharding
-    from bridgegap_jax.datasets import catalog
-    from bridgegap_jax.rundir import RunDir
-    from bridgegap_jax.trainer import Trainer
+    from bridgegap_jax.base import sharding
+    from bridgegap_jax.data import catalog
+    from bridgegap_jax.run.rundir import RunDir
+    from bridgegap_jax.run.trainer import Trainer
 
     source_config = tiny_config.copy_and_resolve_references()
     source_model = configuration.model(source_config, 26)  # another task: 26 classes (the letters')

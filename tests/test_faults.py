@@ -32,21 +32,11 @@ from helpers import (
     tiny_demo,
 )
 
-from bridgegap_jax import (
-    checkpoint,
-    configuration,
-    images,
-    input_pipeline,
-    losses,
-    report,
-    rundir,
-    schemes,
-    stopping,
-    trainer,
-)
-from bridgegap_jax.datasets import catalog
+from bridgegap_jax import report
+from bridgegap_jax.data import catalog, images, input_pipeline
 from bridgegap_jax.prepare import cli, fake, writer
-from bridgegap_jax.run_log import RunLog
+from bridgegap_jax.run import checkpoint, configuration, losses, rundir, schemes, stopping, trainer
+from bridgegap_jax.run.run_log import RunLog
 
 
 @pytest.fixture(scope="module")
@@ -505,7 +495,7 @@ def test_a_malformed_safetensors_file_is_one_line(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
     message = one_line_error(
-        run("-m", "bridgegap_jax.pretrained", f"--source={path}", f"--out={tmp_path / 'out'}")
+        run("-m", "bridgegap_jax.model.pretrained", f"--source={path}", f"--out={tmp_path / 'out'}")
     )
     assert str(path) in message and "lacks a dtype" in message
 
@@ -519,7 +509,7 @@ def test_a_pth_file_that_torch_refuses_is_one_line(tmp_path):
 
     path = tmp_path / "crafted.pth"
     torch.save({"conv1.weight": Payload()}, path)
-    done = run("-m", "bridgegap_jax.pretrained", f"--source={path}", f"--out={tmp_path / 'out'}")
+    done = run("-m", "bridgegap_jax.model.pretrained", f"--source={path}", f"--out={tmp_path / 'out'}")
     message = one_line_error(done)
     assert "torch refused to load it with weights_only=True" in message and "pwned" not in done.stdout
 

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
-from bridgegap_jax import configuration
-from bridgegap_jax.datasets import catalog
+from bridgegap_jax.data import catalog
 from bridgegap_jax.prepare import cli, folder, table
+from bridgegap_jax.run import configuration
 
 
 def write(path, text, bom=False, crlf=False):

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize(
-    "module", ["main", "explain", "prepare", "pretrained", "report", "predict", "export"]
+    "module", ["main", "explain", "prepare", "model.pretrained", "report", "predict", "export"]
 )
 def test_help_has_no_gaps(module):
     done = subprocess.run(

@@ -1,6 +1,6 @@
 """The package's import graph, read from its source: the runtime never imports the offline
-preparation (`bridgegap_jax.prepare`, which the runtime only runs as a command), and no module
-imports itself through others (an import cycle)."""
+preparation (`bridgegap_jax.prepare`, which the runtime only runs as a command), no module
+imports itself through others (an import cycle), and no wing imports one on a higher floor."""
 
 import ast
 import pathlib
@@ -48,8 +48,8 @@ def is_prepare(module: str) -> bool:
 
 def test_the_graph_is_read():  # the two tests below would pass on an empty graph
     graph = import_graph()
-    assert "bridgegap_jax.datasets.catalog" in graph["bridgegap_jax.prepare.cli"]
-    assert "bridgegap_jax.trainer" in graph["bridgegap_jax.main"]  # an import inside a function
+    assert "bridgegap_jax.data.catalog" in graph["bridgegap_jax.prepare.cli"]
+    assert "bridgegap_jax.run.trainer" in graph["bridgegap_jax.main"]  # an import inside a function
 
 
 def test_the_runtime_never_imports_the_preparation():
@@ -77,3 +77,59 @@ def test_the_package_has_no_import_cycle():
 
     for module in sorted(graph):
         visit(module)
+
+
+# The floors of the package, lowest first: a module imports its own floor or lower ones, never higher.
+# prepare/ and bench/ stand beside the runtime: each may use the wings, none of the wings uses them.
+FLOORS = {
+    "base": 0,
+    "model": 1,
+    "data": 1,
+    "run": 2,
+    "explain": 3,
+    "prepare": 3,
+    "bench": 3,
+    "main": 4,
+    "predict": 4,
+    "export": 4,
+    "report": 4,
+}
+
+
+def wing(module: str) -> str:
+    """bridgegap_jax.run.steps -> run; the package's own __init__ -> ''."""
+    return module.split(".")[1] if "." in module else ""
+
+
+def floor(module: str) -> int:
+    return FLOORS[wing(module)] if wing(module) else 0
+
+
+def test_every_module_sits_on_a_floor():
+    unplaced = sorted({wing(module) for module in import_graph()} - set(FLOORS) - {""})
+    assert unplaced == []
+
+
+def test_no_import_points_to_a_higher_floor():
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if floor(target) > floor(module)
+    )
+    assert upward == []
+
+
+def test_model_and_data_stand_apart():  # the model reads no data code, the data no model code
+    crossing = sorted(
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if {wing(module), wing(target)} == {"model", "data"}
+    )
+    assert crossing == []
+
+
+def test_the_top_of_the_package_is_small():
+    entries = [p.name for p in PACKAGE.iterdir() if p.name != "__pycache__"]
+    assert len(entries) <= 12, sorted(entries)

@@ -6,8 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from bridgegap_jax import images, input_pipeline
-from bridgegap_jax.datasets import catalog, masks
+from bridgegap_jax.data import catalog, images, input_pipeline, masks
 from bridgegap_jax.prepare.fake import photo_like_jpeg
 
 IMAGE_SIZE = 8  # decoding still happens; a tiny resize keeps it fast

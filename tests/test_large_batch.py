@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import configuration, losses, schemes, steps
+from bridgegap_jax.run import configuration, losses, schemes, steps
 
 
 def random_batch(rng, rows, classes):

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import configuration, layers, schemes
-from bridgegap_jax.models import Bottleneck, CAMClassifier, ResNetTrunk
+from bridgegap_jax.model import layers
+from bridgegap_jax.model.resnet import Bottleneck, CAMClassifier, ResNetTrunk
+from bridgegap_jax.run import configuration, schemes
 
 # "all": every option of the table that is exact to float32 rounding, so that a new one is tested
 # here as soon as it is defined; the bf16 head rounds to bf16 (its own test below). The max-pool and

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from bridgegap_jax.metrics import (
+from bridgegap_jax.run.metrics import (
     average_precision,
     frequency_groups,
     mean_average_precision,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from helpers import random_variables
 
-from bridgegap_jax import configuration
-from bridgegap_jax.models import CAMClassifier, ResNetTrunk, boost_lu
+from bridgegap_jax.model.resnet import CAMClassifier, ResNetTrunk, boost_lu
+from bridgegap_jax.run import configuration
 
 
 def count(tree):

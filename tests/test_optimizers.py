@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from bridgegap_jax import configuration, steps
+from bridgegap_jax.run import configuration, steps
 
 HEAD_LR_MULT = 10.0
 

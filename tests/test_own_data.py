@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 from helpers import read_csv, run_readme_pytorch
 
-from bridgegap_jax import (
-    configuration,
-    evaluation,
-    export,
-    input_pipeline,
-    predict,
-    sharding,
-    trained_run,
-    trainer,
-)
-from bridgegap_jax.datasets import catalog
-from bridgegap_jax.files import sha256
+from bridgegap_jax import export, predict
+from bridgegap_jax.base import sharding
+from bridgegap_jax.base.files import sha256
+from bridgegap_jax.data import catalog, input_pipeline
+from bridgegap_jax.model.safetensors_file import read_metadata, read_safetensors
 from bridgegap_jax.prepare import cli, writer
-from bridgegap_jax.safetensors_file import read_metadata, read_safetensors
+from bridgegap_jax.run import configuration, evaluation, trained_run, trainer
 
 CLASSES = ["bird, small", "cat", "dog"]  # as the table's labels give them; sorted
 SPLITS = {"train": 16, "validation": 4, "test": 4}  # readable images: batches of 8 without a remainder
@@ -168,7 +161,7 @@ def test_predict_on_the_test_split_gives_the_evaluations_probabilities(trained, 
     options = configuration.pipeline_options(config, mesh.size)
     reader = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, "test", options), options)
     with input_pipeline.Stream(reader) as batches:
-        from bridgegap_jax import steps
+        from bridgegap_jax.run import steps
 
         probs, labels, bce = evaluation.predict(steps.jit_eval_step(model, mesh), variables, batches, mesh, 4)
     print(
@@ -198,7 +191,7 @@ def predicted(trained):
 def test_predict_on_new_images_lists_the_unreadable_and_draws_the_maps(trained, predicted, capsys):
     from helpers import png_size
 
-    from bridgegap_jax.cam_figures import figure_size_px
+    from bridgegap_jax.explain.cam_figures import figure_size_px
 
     root, images, data_dir, config, workdir, result = trained
     path, out, err = predicted

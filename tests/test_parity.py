@@ -22,9 +22,9 @@ pytest.importorskip("torchvision", reason="torchvision is a test extra; parity t
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bridgegap_jax import schemes, steps  # noqa: E402
 from bridgegap_jax.bench import torch_reference  # noqa: E402
-from bridgegap_jax.models import CAMClassifier, ResNetTrunk  # noqa: E402
+from bridgegap_jax.model.resnet import CAMClassifier, ResNetTrunk  # noqa: E402
+from bridgegap_jax.run import schemes, steps  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -74,7 +74,7 @@ def trunk_pair(request):
         resnet, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)), seed=depth
     )
     state = {k: v.numpy() for k, v in resnet.state_dict().items()}
-    from bridgegap_jax import pretrained
+    from bridgegap_jax.model import pretrained
 
     variables = pretrained.convert_torchvision(state, depth)
     apply = jax.jit(lambda v, x: ResNetTrunk(depth=depth).apply(v, x, train=False))
@@ -118,7 +118,7 @@ def test_key_map_and_paddings_exact_in_float64(options):
     torch.manual_seed(0)
     resnet = torch_reference.TORCHVISION_RESNETS[depth](weights=None)
     randomize_batchnorm(resnet, torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
-    from bridgegap_jax import pretrained
+    from bridgegap_jax.model import pretrained
 
     variables = jax.tree.map(
         lambda a: np.asarray(a, np.float64),

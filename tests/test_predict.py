@@ -9,7 +9,7 @@ from helpers import make_run, png_size, read_csv
 from PIL import Image
 
 from bridgegap_jax import predict
-from bridgegap_jax.cam_figures import figure_size_px
+from bridgegap_jax.explain.cam_figures import figure_size_px
 
 
 def test_top_k_lists_are_the_most_probable_classes_and_each_gets_its_map(tiny_config, tmp_path, capsys):

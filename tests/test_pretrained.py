@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from bridgegap_jax import pretrained
-from bridgegap_jax.models import CAMClassifier
+from bridgegap_jax.model import pretrained
+from bridgegap_jax.model.resnet import CAMClassifier
 
 
 def write_safetensors(path, tensors, bf16=()):
@@ -189,7 +189,7 @@ def test_missing_files_say_where_to_get_them(tmp_path, capsys):
     assert (
         "https://download.pytorch.org/models/resnet50-0676ba61.pth" in err and "timm/resnet50.tv_in1k" in err
     )
-    assert "python -m bridgegap_jax.pretrained --source=FILE" in err
+    assert "python -m bridgegap_jax.model.pretrained --source=FILE" in err
 
     with pytest.raises(FileNotFoundError) as info:
         pretrained.load_pretrained_trunk(str(tmp_path / "resnet101_v1"), {})

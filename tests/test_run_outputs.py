@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bridgegap_jax import run_log, rundir, trainer
+from bridgegap_jax.run import run_log, rundir, trainer
 
 
 def read_events(logdir):

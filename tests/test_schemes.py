@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import schemes
-from bridgegap_jax.datasets.catalog import UNOBSERVED_VALUE
+from bridgegap_jax.data.catalog import UNOBSERVED_VALUE
+from bridgegap_jax.run import schemes
 
 
 def reference_k(scheme, epoch, batch, classes, delta_rel):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from helpers import Interrupted, interrupt_after, latest_checkpoint
 
-from bridgegap_jax import configuration, rundir, schemes, sharding, steps, trainer
+from bridgegap_jax.base import sharding
+from bridgegap_jax.run import configuration, rundir, schemes, steps, trainer
 
 
 @pytest.mark.slow

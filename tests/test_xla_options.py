@@ -1,4 +1,4 @@
-"""The XLA presets (bridgegap_jax/xla_options.py): known to this XLA, unknown names refused."""
+"""The XLA presets (bridgegap_jax/model/xla_options.py): known to this XLA, unknown names refused."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bridgegap_jax import xla_options
+from bridgegap_jax.model import xla_options
 
 
 def test_xla_option_flags_are_known_to_this_xla():

@@ -32,7 +32,7 @@ the speed options of layers.py (SPEED_OPTIONS; the model field in brackets) `fus
 `strided-pool` (max_pool=strided: the stem's max-pool as 9 strided slices, no select-and-scatter),
 `s2d-stem` (stem=space_to_depth: the 7x7/2 stem conv as 4x4/1 on 2x2 blocks), `bf16-head`
 (head_dtype=bfloat16: the CAM head's matmul in bf16, float32 sums); XLA options `xla-NAME` with
-NAME a preset of bridgegap_jax/xla_options.py.
+NAME a preset of bridgegap_jax/model/xla_options.py.
 
 Inputs: JAX gets uint8 NHWC images and normalises on the device, as training does; PyTorch gets
 ImageNet-normalised float32 NCHW tensors, as the reference's DataLoader delivers them.
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 def _benchmark(args) -> int:
     """The rows of `args`, each in its own process, then the table."""
     from bridgegap_jax.bench import flops as flops_lib
-    from bridgegap_jax.models import CAMClassifier
+    from bridgegap_jax.model.resnet import CAMClassifier
 
     start = time.monotonic()
     title = args.title or f"{args.model_name}, {SCHEME} + BoostLU alpha {args.alpha:g}"

@@ -2,7 +2,7 @@
 eval step timed on synthetic data already on the device (optionally with a profile of its top ops).
 
 The step is the one training runs (steps.jit_train_step: forward, BoostLU, LL-R loss at epoch 3,
-backward, Adam with the 10x head, state donated); the model is models.CAMClassifier with the
+backward, Adam with the 10x head, state donated); the model is resnet.CAMClassifier with the
 variant's dtype and speed options. Peak memory: the device's peak_bytes_in_use, else XLA's planned
 peak of the step.
 """
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bridgegap_jax import models, schemes, sharding, steps
+from bridgegap_jax.base import sharding
 from bridgegap_jax.bench.rows import (
     HEAD_LR_MULT,
     LR,
@@ -33,6 +33,8 @@ from bridgegap_jax.bench.rows import (
     split_variant,
     synthetic_batch,
 )
+from bridgegap_jax.model import resnet
+from bridgegap_jax.run import schemes, steps
 
 
 def measure_peak() -> dict:
@@ -73,7 +75,7 @@ def jax_setup(
     variant: str, batch: int, *, depth: int, num_classes: int, size: int, alpha: float = 5.0, width: int = 64
 ) -> JaxSetup:
     """Model, initial state, synthetic batch and jitted training step, built as training builds them."""
-    model = models.CAMClassifier(
+    model = resnet.CAMClassifier(
         num_classes=num_classes,
         depth=depth,
         width=width,

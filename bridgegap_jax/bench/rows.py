@@ -11,7 +11,7 @@ import statistics
 import time
 from typing import Callable
 
-from bridgegap_jax import xla_options
+from bridgegap_jax.model import xla_options
 
 TORCH_VARIANTS = ("torch-ref", "torch-amp", "torch-best")
 JAX_VARIANTS = ("jax-fp32", "jax-bf16")
@@ -45,9 +45,9 @@ class Row:
 
 def model_options() -> dict[str, dict[str, str]]:
     """{variant option: model fields}: the speed options of layers.py under their benchmark names."""
-    from bridgegap_jax import (
-        layers,
-    )  # flax: only once a variant is checked, so the parent's import stays light
+    from bridgegap_jax.model import (
+        layers,  # flax: only once a variant is checked, so the parent's import stays light
+    )
 
     return {o.benchmark_name: {o.field: o.fast} for o in layers.SPEED_OPTIONS}
 
@@ -105,7 +105,7 @@ def synthetic_batch(batch: int, size: int, num_classes: int, seed: int = 0):
     """uint8 images, single-positive observed labels (0 = unobserved), and k of LL-R at epoch 3."""
     import numpy as np
 
-    from bridgegap_jax import schemes
+    from bridgegap_jax.run import schemes
 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)

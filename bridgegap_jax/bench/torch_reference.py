@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from bridgegap_jax import pretrained
-from bridgegap_jax.models import IMAGENET_MEAN, IMAGENET_STD
+from bridgegap_jax.model import pretrained
+from bridgegap_jax.model.resnet import IMAGENET_MEAN, IMAGENET_STD
 
 TORCHVISION_RESNETS = {
     18: torchvision.models.resnet18,

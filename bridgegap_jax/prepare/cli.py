@@ -24,9 +24,9 @@ import sys
 
 import numpy as np
 
-from bridgegap_jax.datasets import catalog
-from bridgegap_jax.datasets.folder import NAME_RULE
-from bridgegap_jax.errors import ArgumentParser, UserError
+from bridgegap_jax.base.errors import ArgumentParser, UserError
+from bridgegap_jax.data import catalog
+from bridgegap_jax.data.folder import NAME_RULE
 from bridgegap_jax.prepare import built_in, formatted, openimages, single_positive, writer
 from bridgegap_jax.prepare import folder as own_data
 from bridgegap_jax.prepare.observation import observe_single_positive
@@ -126,7 +126,7 @@ def prepare_single_positive(name: str, args) -> str:
 
 
 def prepare_openimages(args) -> str:
-    from bridgegap_jax import metrics
+    from bridgegap_jax.run import metrics
 
     spec = catalog.spec("openimages")
     mids, names = openimages.read_classes(args.source)

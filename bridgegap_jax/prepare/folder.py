@@ -39,9 +39,9 @@ import shlex
 
 import numpy as np
 
-from bridgegap_jax.datasets import catalog, folder
-from bridgegap_jax.errors import UserError
-from bridgegap_jax.files import sha256
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.base.files import sha256
+from bridgegap_jax.data import catalog, folder
 from bridgegap_jax.prepare import table as tables
 from bridgegap_jax.prepare import writer
 

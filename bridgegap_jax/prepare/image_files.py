@@ -1,7 +1,7 @@
 """One image file -> the bytes we store, or the reason it cannot be stored.
 
 Runs in the prepare worker processes (PIL, OpenCV and numpy only). Every stored image is decoded
-here by each decoder that training may use (`bridgegap_jax.images.verify`), because a file that one
+here by each decoder that training may use (`bridgegap_jax.data.images.verify`), because a file that one
 decoder accepts and another rejects would otherwise reach the dataset and crash training mid-epoch,
 at the same step on every resume.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 
-from bridgegap_jax import images
+from bridgegap_jax.data import images
 
 # Stored as they are: both training decoders read these exactly as PIL does.
 _KEEP_MODES = ("RGB", "L")

@@ -98,7 +98,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def build(mosaic_set: MosaicSet, data_dir: str, overwrite: bool = False) -> str:
     """Writes the set into <data_dir>/bridgegap_<name>/1.0.0 (PNG images); returns the folder."""
-    from bridgegap_jax.datasets import catalog
+    from bridgegap_jax.data import catalog
     from bridgegap_jax.prepare import writer
 
     splits = {split: make_mosaics(mosaic_set, split) for split in mosaic_set.sizes}

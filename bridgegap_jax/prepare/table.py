@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from bridgegap_jax.errors import UserError
+from bridgegap_jax.base.errors import UserError
 
 FILE_COLUMN, SPLIT_COLUMN, LABELS_COLUMN, NEGATIVES_COLUMN = "file_name", "split", "labels", "negatives"
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}

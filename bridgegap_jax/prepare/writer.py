@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bridgegap_jax.errors import UserError
+from bridgegap_jax.base.errors import UserError
 from bridgegap_jax.prepare import image_files
 
 VERSION = "1.0.0"

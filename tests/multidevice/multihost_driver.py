@@ -22,7 +22,8 @@ def shorten(input_pipeline, steps_per_epoch: int) -> object:
 
 
 if __name__ == "__main__":
-    from bridgegap_jax import input_pipeline, main
+    from bridgegap_jax import main
+    from bridgegap_jax.data import input_pipeline
 
     shorten(input_pipeline, int(sys.argv[1]))
     sys.argv = [sys.argv[0]] + sys.argv[2:]

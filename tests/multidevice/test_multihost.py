@@ -28,8 +28,10 @@ import numpy as np
 from helpers import TINY_DEMO
 from multihost_driver import shorten
 
-from bridgegap_jax import configuration, evaluation, input_pipeline, rundir, sharding, steps, trainer
-from bridgegap_jax.checkpoint import RunCheckpoints
+from bridgegap_jax.base import sharding
+from bridgegap_jax.data import input_pipeline
+from bridgegap_jax.run import configuration, evaluation, rundir, steps, trainer
+from bridgegap_jax.run.checkpoint import RunCheckpoints
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -189,7 +191,7 @@ def test_two_processes_stop_together_at_sigterm_and_resume_to_the_uninterrupted_
     checkpoints = RunCheckpoints(rundir.RunDir(split).checkpoints)
     best = checkpoints.restore_best(steps.abstract_state(model, tx, 32, mesh_1).model_vars())
     checkpoints.close()
-    from bridgegap_jax.datasets import catalog
+    from bridgegap_jax.data import catalog
 
     dataset = catalog.open_dataset("demo", demo_data_dir)
     test = evaluation.evaluate_split(

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax import configuration, evaluation, input_pipeline, metrics, schemes, sharding, steps
-from bridgegap_jax.checkpoint import RunCheckpoints
+from bridgegap_jax.base import sharding
+from bridgegap_jax.data import input_pipeline
+from bridgegap_jax.run import configuration, evaluation, metrics, schemes, steps
+from bridgegap_jax.run.checkpoint import RunCheckpoints
 
 
 def relative_error(a, b) -> float:
@@ -76,7 +78,7 @@ def test_a_step_on_8_devices_equals_one_device(tiny_config, host_state):
 
 
 def test_evaluation_on_8_devices_counts_every_example_once(tiny_config, demo_data_dir, host_state):
-    from bridgegap_jax.datasets import catalog
+    from bridgegap_jax.data import catalog
 
     dataset = catalog.open_dataset("demo", demo_data_dir)
     source = dataset.source("test")
@@ -136,7 +138,7 @@ def test_ghost_batch_norm_at_64_on_8_devices_equals_four_batches_of_16():
     running statistics as four separate batch-16 forward passes (the protocol's), in order."""
     from helpers import random_variables
 
-    from bridgegap_jax.models import CAMClassifier
+    from bridgegap_jax.model.resnet import CAMClassifier
 
     ghost, plain = (CAMClassifier(num_classes=10, depth=18, width=8, bn_group_size=g) for g in (16, 0))
     variables = random_variables(plain)
@@ -173,7 +175,7 @@ def test_predict_on_8_devices_gives_the_evaluations_probabilities(
     from helpers import make_run, read_csv
 
     from bridgegap_jax import predict
-    from bridgegap_jax.datasets import catalog
+    from bridgegap_jax.data import catalog
 
     workdir = make_run(tmp_path / "run", tiny_config, variables=host_state.model_vars())
     out = tmp_path / "test.csv"

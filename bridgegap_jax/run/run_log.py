@@ -15,7 +15,7 @@ import time
 
 from etils import epath
 
-from bridgegap_jax.rundir import METRICS_FILE, TENSORBOARD_DIR, RunDir, json_number, write_atomically
+from bridgegap_jax.run.rundir import METRICS_FILE, TENSORBOARD_DIR, RunDir, json_number, write_atomically
 
 
 def _import_tensorboardx():

@@ -40,12 +40,13 @@ from typing import Sequence
 
 import numpy as np
 
-from bridgegap_jax import cam_figures, cam_stats, input_pipeline, sharding
-from bridgegap_jax.cam_maps import Column, RowPicker, extract_split, figure_maps
-from bridgegap_jax.datasets import catalog
-from bridgegap_jax.errors import UserError
-from bridgegap_jax.rundir import RunDir
-from bridgegap_jax.trained_run import Run, open_run, restore
+from bridgegap_jax.base import sharding
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.data import catalog, input_pipeline
+from bridgegap_jax.explain import cam_figures, cam_stats
+from bridgegap_jax.explain.cam_maps import Column, RowPicker, extract_split, figure_maps
+from bridgegap_jax.run.rundir import RunDir
+from bridgegap_jax.run.trained_run import Run, open_run, restore
 
 SUMMARY_FILE = "summary.json"
 MEASURED_MAP = (

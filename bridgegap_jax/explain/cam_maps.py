@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bridgegap_jax import sharding
-from bridgegap_jax.models import CAMClassifier, boost_lu
+from bridgegap_jax.base import sharding
+from bridgegap_jax.model.resnet import CAMClassifier, boost_lu
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,9 +24,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from bridgegap_jax import images
-from bridgegap_jax.datasets import masks
-from bridgegap_jax.datasets.catalog import Dataset
+from bridgegap_jax.data import images, masks
+from bridgegap_jax.data.catalog import Dataset
 
 TRAIN_LABELS = {"observed": "labels_obs", "full": "labels"}
 

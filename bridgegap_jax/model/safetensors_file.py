@@ -15,8 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
-from bridgegap_jax.errors import UserError
-from bridgegap_jax.files import atomic_output
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.base.files import atomic_output
 
 _DTYPES = {
     "F64": np.float64,

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from bridgegap_jax.schemes.assume_negative import AssumeNegative
-from bridgegap_jax.schemes.base import HostState, Scheme
-from bridgegap_jax.schemes.permanent_correction import PermanentCorrection
-from bridgegap_jax.schemes.rejection import Rejection
-from bridgegap_jax.schemes.temporary_correction import TemporaryCorrection
+from bridgegap_jax.run.schemes.assume_negative import AssumeNegative
+from bridgegap_jax.run.schemes.base import HostState, Scheme
+from bridgegap_jax.run.schemes.permanent_correction import PermanentCorrection
+from bridgegap_jax.run.schemes.rejection import Rejection
+from bridgegap_jax.run.schemes.temporary_correction import TemporaryCorrection
 
 REGISTRY: dict[str, type[Scheme]] = {}
 

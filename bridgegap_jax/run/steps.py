@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bridgegap_jax import sharding
-from bridgegap_jax.losses import LossOutput, bce_with_logits
-from bridgegap_jax.models import CAMClassifier
+from bridgegap_jax.base import sharding
+from bridgegap_jax.model.resnet import CAMClassifier
+from bridgegap_jax.run.losses import LossOutput, bce_with_logits
 
 LossFn = Callable[[jax.Array, jax.Array, jax.Array], LossOutput]  # (logits, observed, k) -> LossOutput
 

@@ -2,8 +2,8 @@
 
 import jax.numpy as jnp
 
-from bridgegap_jax import losses
-from bridgegap_jax.schemes.base import Scheme
+from bridgegap_jax.run import losses
+from bridgegap_jax.run.schemes.base import Scheme
 
 
 class AssumeNegative(Scheme):

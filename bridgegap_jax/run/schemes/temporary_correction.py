@@ -5,8 +5,8 @@ Same k schedule as LL-R; the selected entries take the flipped target's loss.
 
 import jax.numpy as jnp
 
-from bridgegap_jax import losses
-from bridgegap_jax.schemes.rejection import Rejection
+from bridgegap_jax.run import losses
+from bridgegap_jax.run.schemes.rejection import Rejection
 
 
 class TemporaryCorrection(Rejection):

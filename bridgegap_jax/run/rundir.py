@@ -29,7 +29,7 @@ from typing import Any
 
 from etils import epath
 
-from bridgegap_jax.errors import UserError
+from bridgegap_jax.base.errors import UserError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

@@ -5,8 +5,8 @@ k = ceil(B*C*(1 - clean_rate)), clean_rate falling by delta_rel after every epoc
 
 import jax.numpy as jnp
 
-from bridgegap_jax import losses
-from bridgegap_jax.schemes.base import Scheme
+from bridgegap_jax.run import losses
+from bridgegap_jax.run.schemes.base import Scheme
 
 
 class Rejection(Scheme):

@@ -21,23 +21,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from bridgegap_jax import (
-    configuration,
-    evaluation,
-    input_pipeline,
-    pretrained,
-    rundir,
-    sharding,
-    steps,
-    stopping,
-)
-from bridgegap_jax.checkpoint import RunCheckpoints
-from bridgegap_jax.clock import Clock, hms
-from bridgegap_jax.datasets import catalog
-from bridgegap_jax.errors import UserError
-from bridgegap_jax.results import environment, result_line
-from bridgegap_jax.run_log import RunLog
-from bridgegap_jax.rundir import RunDir, RunDirError
+from bridgegap_jax.base import sharding
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.data import catalog, input_pipeline
+from bridgegap_jax.model import pretrained
+from bridgegap_jax.run import configuration, evaluation, rundir, steps, stopping
+from bridgegap_jax.run.checkpoint import RunCheckpoints
+from bridgegap_jax.run.clock import Clock, hms
+from bridgegap_jax.run.results import environment, result_line
+from bridgegap_jax.run.run_log import RunLog
+from bridgegap_jax.run.rundir import RunDir, RunDirError
 
 
 class NonFiniteError(UserError, RuntimeError):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridgegap_jax import losses, sharding
-from bridgegap_jax.schemes.base import HostState
-from bridgegap_jax.schemes.temporary_correction import TemporaryCorrection
+from bridgegap_jax.base import sharding
+from bridgegap_jax.run import losses
+from bridgegap_jax.run.schemes.base import HostState
+from bridgegap_jax.run.schemes.temporary_correction import TemporaryCorrection
 
 
 class LabelCorrections:

@@ -13,7 +13,7 @@ import platform
 
 import jax
 
-from bridgegap_jax.datasets import catalog
+from bridgegap_jax.data import catalog
 
 
 def environment() -> dict:

@@ -13,11 +13,11 @@ import os
 
 import ml_collections
 
-from bridgegap_jax import configuration, steps
-from bridgegap_jax.checkpoint import RunCheckpoints
-from bridgegap_jax.datasets import catalog, folder
-from bridgegap_jax.errors import UserError
-from bridgegap_jax.rundir import CONFIG_FILE, RunDir
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.data import catalog, folder
+from bridgegap_jax.run import configuration, steps
+from bridgegap_jax.run.checkpoint import RunCheckpoints
+from bridgegap_jax.run.rundir import CONFIG_FILE, RunDir
 
 
 class RunNotFoundError(UserError, FileNotFoundError):

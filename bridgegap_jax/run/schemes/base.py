@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 import jax
 import numpy as np
 
-from bridgegap_jax import losses
-from bridgegap_jax.losses import LossOutput
+from bridgegap_jax.run import losses
+from bridgegap_jax.run.losses import LossOutput
 
 
 class HostState:

@@ -11,9 +11,11 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from bridgegap_jax import input_pipeline, metrics, sharding
-from bridgegap_jax.datasets.catalog import Dataset
-from bridgegap_jax.rundir import json_number
+from bridgegap_jax.base import sharding
+from bridgegap_jax.data import input_pipeline
+from bridgegap_jax.data.catalog import Dataset
+from bridgegap_jax.run import metrics
+from bridgegap_jax.run.rundir import json_number
 
 
 def predict(

@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 
 import ml_collections
 
-from bridgegap_jax import images, input_pipeline, models, schemes, steps
-from bridgegap_jax.datasets import catalog, masks
-from bridgegap_jax.errors import UserError
-from bridgegap_jax.layers import SPEED_OPTIONS
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.data import catalog, images, input_pipeline, masks
+from bridgegap_jax.model import resnet
+from bridgegap_jax.model.layers import SPEED_OPTIONS
+from bridgegap_jax.run import schemes, steps
 
 NONFINITE_POLICIES = ("stop", "skip")
 LR_DECAYS = ("none", "cosine")
@@ -137,10 +138,10 @@ RULES = (
             "only compete for the cores"
         ),
     ),
-    one_of("model.depth", models.RESNET_STAGES),
+    one_of("model.depth", resnet.RESNET_STAGES),
     Rule("model.width", _at_least(1), "must be a positive integer"),
     Rule("model.alpha", _positive, "must be > 0 (BoostLU's factor on positive CAM cells; 1 = no boost)"),
-    one_of("model.dtype", models.DTYPES),
+    one_of("model.dtype", resnet.DTYPES),
     *(one_of(f"model.{option.field}", option.choices) for option in SPEED_OPTIONS),
     Rule(
         "model.pretrained",
@@ -267,10 +268,10 @@ def check_with(
 WEIGHT_FIELDS = ("pretrained",)
 
 
-def model(config: ml_collections.ConfigDict, num_classes: int) -> models.CAMClassifier:
+def model(config: ml_collections.ConfigDict, num_classes: int) -> resnet.CAMClassifier:
     """The classifier of config.model: every field but WEIGHT_FIELDS is its attribute of that name."""
     fields = {name: value for name, value in config.model.items() if name not in WEIGHT_FIELDS}
-    return models.CAMClassifier(num_classes=num_classes, **fields)
+    return resnet.CAMClassifier(num_classes=num_classes, **fields)
 
 
 def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):

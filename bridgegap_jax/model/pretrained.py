@@ -2,8 +2,8 @@
 
 Convert once, load at every run:
 
-    python -m bridgegap_jax.pretrained --source=resnet50-0676ba61.pth --out=~/bridgegap_weights/resnet50_v1
-    python -m bridgegap_jax.pretrained --source=model.safetensors    --out=~/bridgegap_weights/resnet50_v1
+    python -m bridgegap_jax.model.pretrained --source=resnet50-0676ba61.pth --out=~/bridgegap_weights/resnet50_v1
+    python -m bridgegap_jax.model.pretrained --source=model.safetensors    --out=~/bridgegap_weights/resnet50_v1
 
 The source is a torchvision state dict (`.pth`; torch is imported only to read it) or a
 `.safetensors` file, read here with numpy alone (e.g. timm's `resnet50.tv_in1k`, which holds
@@ -40,9 +40,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bridgegap_jax.errors import UserError
-from bridgegap_jax.files import sha256
-from bridgegap_jax.safetensors_file import read_safetensors
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.base.files import sha256
+from bridgegap_jax.model.safetensors_file import read_safetensors
 
 # torchvision's files: the reference's `pretrained=True` is V1.
 TORCHVISION_URLS = {
@@ -71,7 +71,7 @@ def where_to_get(depth: int = 50, out: str = "DIR") -> str:
         "(IMAGENET1K_V1, what the BoostLU reference's pretrained=True "
         f"loads; V2: {TORCHVISION_URLS[(depth, 'V2')]}), "
         f"or model.safetensors of the Hugging Face model {TIMM_NAMES[depth]}, then convert it once with "
-        f"`python -m bridgegap_jax.pretrained --source=FILE --out={out} --depth={depth}` "
+        f"`python -m bridgegap_jax.model.pretrained --source=FILE --out={out} --depth={depth}` "
         f"and set --config.model.pretrained={out}; or train from a random initialisation with "
         "--config.model.pretrained=''"
     )
@@ -187,7 +187,7 @@ def expected_trunk(depth: int, width: int = 64) -> dict[str, dict]:
     import jax
     import jax.numpy as jnp
 
-    from bridgegap_jax.models import ResNetTrunk
+    from bridgegap_jax.model.resnet import ResNetTrunk
 
     trunk = ResNetTrunk(depth=depth, width=width)
     shapes = jax.eval_shape(lambda: trunk.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
@@ -200,7 +200,7 @@ def _name(key: tuple) -> str:
 
 def infer_depth(state_dict: Mapping[str, Any]) -> int:
     """ResNet depth from the number of layer3 blocks and the block kind (conv3 = bottleneck)."""
-    from bridgegap_jax.models import RESNET_STAGES
+    from bridgegap_jax.model.resnet import RESNET_STAGES
 
     blocks = tuple(
         len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{s}.")}) for s in range(1, 5)
@@ -395,7 +395,7 @@ def convert(source: str, out: str, depth: int | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bridgegap_jax.pretrained",
+        prog="python -m bridgegap_jax.model.pretrained",
         description="Convert torchvision ImageNet ResNet weights (.pth or .safetensors) into the Flax trunk "
         "checkpoint that --config.model.pretrained loads.",
     )

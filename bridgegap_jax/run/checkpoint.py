@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from bridgegap_jax.errors import UserError
+from bridgegap_jax.base.errors import UserError
 
 KEEP_LATEST = 2
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Iterable
 
-from bridgegap_jax.errors import UserError
+from bridgegap_jax.base.errors import UserError
 
 
 class XlaOptionError(UserError, ValueError):

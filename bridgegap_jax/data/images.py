@@ -17,7 +17,7 @@ import io
 import cv2
 import numpy as np
 
-from bridgegap_jax.errors import UserError
+from bridgegap_jax.base.errors import UserError
 
 RESIZE_METHODS = ("bilinear", "pil")
 cv2.setNumThreads(1)  # one image per call per process: the workers are the parallelism

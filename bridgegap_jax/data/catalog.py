@@ -23,8 +23,8 @@ import sys
 import numpy as np
 from etils import epath
 
-from bridgegap_jax.datasets import folder
-from bridgegap_jax.errors import UserError
+from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.data import folder
 
 
 @dataclasses.dataclass(frozen=True)
