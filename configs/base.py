@@ -53,7 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.num_epochs = 10
     config.train.lr = 1e-5  # for a batch of 16; see lr_scaling
     config.train.head_lr_mult = 10.0
-    # adam (the protocol) | lamb | lars: layer-wise trust ratios for large batches (steps.py). Their lr
+    # adam (the protocol) | lamb | lars: layer-wise trust ratios for large batches (optimizer.py). Their lr
     # is on another scale: LAMB moves each kernel by ~lr x |w| per step, LARS by ~lr x 0.001 x |w|.
     config.train.optimizer = "adam"
     config.train.weight_decay = config_dict.placeholder(float)  # None: adam 0, lamb 0.01, lars 1e-4

@@ -16,7 +16,7 @@ from bridgegap_jax.bench import cli, flops, jax_rows, tables
 from bridgegap_jax.bench.rows import Row, model_fields_of, split_variant, xla_flags_of
 from bridgegap_jax.model import xla_options
 from bridgegap_jax.model.resnet import CAMClassifier, ResNetTrunk
-from bridgegap_jax.run import schemes, steps
+from bridgegap_jax.run import optimizer, schemes, steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,7 +36,7 @@ def test_benchmark_step_is_the_training_step():
     setup = jax_rows.jax_setup("jax-fp32", 4, depth=18, num_classes=10, size=32, width=8)
     assert int(setup.k.sum()) > 0
     model = CAMClassifier(num_classes=10, depth=18, width=8)
-    tx = steps.make_optimizer(1e-5, 10.0)
+    tx = optimizer.make_optimizer(1e-5, 10.0)
     state = steps.initial_state(model, tx, 32, 0)
     step = jax.jit(
         functools.partial(steps.train_step, model=model, tx=tx, loss_fn=schemes.create("LL-R").loss)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bridgegap_jax.run import configuration, losses, schemes, steps
+from bridgegap_jax.run import configuration, losses, optimizer, schemes
 
 
 def random_batch(rng, rows, classes):
@@ -63,12 +63,12 @@ def test_whole_batch_selection_is_the_protocol():
 
 
 def test_learning_rate_scaling_warm_up_and_decay():
-    protocol = steps.lr_schedule(1e-4)
+    protocol = optimizer.lr_schedule(1e-4)
     assert float(protocol(0)) == float(protocol(10_000)) == pytest.approx(1e-4)
-    sqrt = steps.lr_schedule(1e-4, batch_size=256, scaling="sqrt", warmup_steps=100)
+    sqrt = optimizer.lr_schedule(1e-4, batch_size=256, scaling="sqrt", warmup_steps=100)
     assert float(sqrt(0)) == 0.0 and float(sqrt(50)) == pytest.approx(2e-4)  # halfway to 4e-4
     assert float(sqrt(100)) == float(sqrt(5000)) == pytest.approx(4e-4)  # sqrt(256 / 16) = 4
-    linear = steps.lr_schedule(1e-4, batch_size=64, scaling="linear", warmup_steps=10, decay_steps=110)
+    linear = optimizer.lr_schedule(1e-4, batch_size=64, scaling="linear", warmup_steps=10, decay_steps=110)
     assert float(linear(10)) == pytest.approx(4e-4) and float(linear(60)) == pytest.approx(
         2e-4
     )  # cosine midpoint
@@ -96,7 +96,7 @@ def test_the_pod_recipe_is_the_protocol_in_groups_of_16_in_its_epochs_with_lars(
     assert pod.train.num_epochs == protocol.train.num_epochs  # 32x fewer steps
     assert pod.train.optimizer == "lars" and pod.train.lr == pytest.approx(1_000 * protocol.train.lr)
     steps_per_epoch = 6_650
-    schedule = configuration.lr_schedule(pod, steps_per_epoch)
+    schedule = configuration.optimizer(pod, steps_per_epoch).lr
     peak = 1_000 * protocol.train.lr * (512 / 16) ** 0.5
     assert float(schedule(steps_per_epoch // 2)) == pytest.approx(
         peak / 2, rel=1e-3
@@ -105,4 +105,4 @@ def test_the_pod_recipe_is_the_protocol_in_groups_of_16_in_its_epochs_with_lars(
     assert float(schedule(pod.train.num_epochs * steps_per_epoch)) == pytest.approx(
         0.0, abs=1e-9
     )  # cosine to 0
-    assert float(configuration.lr_schedule(protocol, steps_per_epoch)(0)) == protocol.train.lr
+    assert float(configuration.optimizer(protocol, steps_per_epoch).lr(0)) == protocol.train.lr

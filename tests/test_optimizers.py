@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from bridgegap_jax.run import configuration, steps
+from bridgegap_jax.run import configuration, optimizer
 
 HEAD_LR_MULT = 10.0
 
@@ -77,21 +77,25 @@ def test_two_steps_equal_the_update_by_hand_with_the_head_at_its_multiplier(name
     rng = np.random.default_rng(0)
     params = tiny_params(rng)
     grads = [jax.tree.map(lambda p: rng.normal(0, 1, p.shape).astype(np.float32), params) for _ in range(2)]
-    schedule = steps.lr_schedule(lr, decay_steps=4)  # cosine: the second step's lr is lower
-    tx = steps.make_optimizer(schedule, HEAD_LR_MULT, name)
+    schedule = optimizer.lr_schedule(lr, decay_steps=4)  # cosine: the second step's lr is lower
+    tx = optimizer.make_optimizer(schedule, HEAD_LR_MULT, name)
     state, current = tx.init(params), params
     for g in grads:
         updates, state = jax.jit(tx.update)(g, state, current)
         current = jax.tree.map(lambda p, u: p + u, current, updates)
     lrs = [float(schedule(0)), float(schedule(1))]
     assert lrs[1] < lrs[0]
-    start, want, got = leaves(params), by_hand(params, grads, lrs, steps.WEIGHT_DECAY[name]), leaves(current)
+    start, want, got = (
+        leaves(params),
+        by_hand(params, grads, lrs, optimizer.WEIGHT_DECAY[name]),
+        leaves(current),
+    )
     for key in want:  # the two steps' change; float32 bias correction (1 - 0.999^2) is good to ~3e-5
         np.testing.assert_allclose(
             got[key] - start[key], want[key] - start[key], rtol=1e-4, atol=1e-7, err_msg=key
         )
     # The multiplier is what moves the head: at 1x its step is a tenth of this one.
-    same = steps.make_optimizer(schedule, 1.0, name)
+    same = optimizer.make_optimizer(schedule, 1.0, name)
     moved, _ = same.update(grads[0], same.init(params), params)
     step_10x, _ = tx.update(grads[0], tx.init(params), params)
     np.testing.assert_allclose(
@@ -101,7 +105,7 @@ def test_two_steps_equal_the_update_by_hand_with_the_head_at_its_multiplier(name
 
 def test_only_kernels_enter_weight_decay_and_the_trust_ratio():
     params = tiny_params(np.random.default_rng(1))
-    assert leaves(steps.is_kernel(params)) == {
+    assert leaves(optimizer.is_kernel(params)) == {
         "trunk/conv1/kernel": 1.0,
         "trunk/bn1/scale": 0.0,
         "trunk/bn1/bias": 0.0,

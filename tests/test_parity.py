@@ -25,6 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from bridgegap_jax.bench import torch_reference  # noqa: E402
 from bridgegap_jax.model.resnet import CAMClassifier, ResNetTrunk  # noqa: E402
 from bridgegap_jax.run import schemes, steps  # noqa: E402
+from bridgegap_jax.run.optimizer import make_optimizer  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -159,7 +160,7 @@ def test_reference_classifier_in_eval_mode_equals_ours_at_tiny_size():
 # One training step
 # ----------------------------------------------------------------------------------------------
 def adam_first_moments(opt_state, params):
-    """The Adam mu of every param out of steps.make_optimizer's multi_transform state."""
+    """The Adam mu of every param out of make_optimizer's multi_transform state."""
     mus = {}
     for label, inner in opt_state.inner_states.items():
         adam = [s for s in jax.tree.leaves(inner, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu")][0]
@@ -216,7 +217,7 @@ def test_training_step_equals_pytorch_reference(options):
     # Flax: the training code's own model, optimizer and step.
     config = __import__("configs.base", fromlist=["get_config"]).get_config()
     model = CAMClassifier(num_classes=num_classes, depth=depth, alpha=alpha, **options)
-    tx = steps.make_optimizer(config.train.lr, config.train.head_lr_mult)
+    tx = make_optimizer(config.train.lr, config.train.head_lr_mult)
     params = jax.tree.map(jnp.asarray, variables["params"])
     zero = jnp.zeros((), jnp.int32)
     state = steps.TrainState(zero, params, variables["batch_stats"], tx.init(params), zero, zero)

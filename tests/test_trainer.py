@@ -16,7 +16,7 @@ from bridgegap_jax.run import configuration, rundir, schemes, steps, trainer
 def test_step_lowers_the_loss_and_new_epochs_do_not_recompile():
     config = __import__("configs.demo", fromlist=["get_config"]).get_config("tiny")
     mesh = sharding.make_mesh()
-    model, tx = configuration.model(config, 10), configuration.optimizer(config)
+    model, tx = configuration.model(config, 10), configuration.optimizer(config).tx
     state = steps.create_state(model, tx, 32, 0, mesh)
     scheme = schemes.create("LL-R", 0.05)
     step = steps.jit_train_step(model, tx, scheme.loss, mesh)

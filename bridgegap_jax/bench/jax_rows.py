@@ -34,7 +34,7 @@ from bridgegap_jax.bench.rows import (
     synthetic_batch,
 )
 from bridgegap_jax.model import resnet
-from bridgegap_jax.run import schemes, steps
+from bridgegap_jax.run import optimizer, schemes, steps
 
 
 def measure_peak() -> dict:
@@ -83,7 +83,7 @@ def jax_setup(
         dtype="bfloat16" if split_variant(variant)[0] == "jax-bf16" else "float32",
         **model_fields_of(variant),
     )
-    tx = steps.make_optimizer(LR, HEAD_LR_MULT)
+    tx = optimizer.make_optimizer(LR, HEAD_LR_MULT)
     mesh = sharding.make_mesh(jax.devices()[:1])
     images, observed, k = synthetic_batch(batch, size, num_classes)
     on_device = sharding.batch_sharded(mesh)

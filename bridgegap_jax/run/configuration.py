@@ -21,10 +21,10 @@ from bridgegap_jax.base.errors import UserError
 from bridgegap_jax.data import catalog, images, input_pipeline, masks
 from bridgegap_jax.model import resnet
 from bridgegap_jax.model.layers import SPEED_OPTIONS
-from bridgegap_jax.run import schemes, steps
+from bridgegap_jax.run import optimizer as optimizer_lib
+from bridgegap_jax.run import schemes
 
 NONFINITE_POLICIES = ("stop", "skip")
-LR_DECAYS = ("none", "cosine")
 # Fields that only decide what happens from the next step on, so a resumed run may change them (the
 # change is recorded in metrics.jsonl): what a non-finite step does (the checkpoint holds none of them;
 # 'skip' back to 'stop' is refused once steps were skipped, trainer.py), when to log and to save, and
@@ -171,7 +171,7 @@ RULES = (
     ),
     Rule("train.lr", _positive, "must be > 0"),
     Rule("train.head_lr_mult", _positive, "must be > 0"),
-    one_of("train.optimizer", steps.OPTIMIZERS),
+    one_of("train.optimizer", optimizer_lib.OPTIMIZERS),
     Rule(
         "train.weight_decay",
         lambda decay: decay is None or (_is_number(decay) and decay >= 0),
@@ -189,7 +189,11 @@ RULES = (
         NONFINITE_POLICIES,
         " ('stop': end the run at the first non-finite loss or gradient; 'skip': drop such steps)",
     ),
-    one_of("train.lr_scaling", steps.LR_SCALINGS, f" (from the protocol's batch of {steps.REFERENCE_BATCH})"),
+    one_of(
+        "train.lr_scaling",
+        optimizer_lib.LR_SCALINGS,
+        f" (from the protocol's batch of {optimizer_lib.REFERENCE_BATCH})",
+    ),
     Rule(
         "train.warmup_epochs",
         lambda config: (
@@ -199,7 +203,7 @@ RULES = (
         "must be between 0 and train.num_epochs",
         across=True,
     ),
-    one_of("train.lr_decay", LR_DECAYS),
+    one_of("train.lr_decay", optimizer_lib.LR_DECAYS),
     Rule(
         "loss.group_size",
         _at_least(0),
@@ -274,25 +278,19 @@ def model(config: ml_collections.ConfigDict, num_classes: int) -> resnet.CAMClas
     return resnet.CAMClassifier(num_classes=num_classes, **fields)
 
 
-def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
-    """The trunk's learning rate by step (the head's is head_lr_mult times it)."""
+def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optimizer_lib.Optimizer:
+    """The config's optimizer with its lr schedule; `steps_per_epoch` turns its epochs into steps (any
+    value will do where only the optimizer's structure matters, as for a restore target)."""
     t = config.train
-    return steps.lr_schedule(
+    schedule = optimizer_lib.lr_schedule(
         t.lr,
         batch_size=t.batch_size,
         scaling=t.lr_scaling,
         warmup_steps=round(t.warmup_epochs * steps_per_epoch),
         decay_steps=t.num_epochs * steps_per_epoch if t.lr_decay == "cosine" else 0,
     )
-
-
-def optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
-    """The config's optimizer with its schedule; `steps_per_epoch` turns its epochs into steps (any
-    value will do where only the optimizer's structure matters, as for a restore target)."""
-    t = config.train
-    return steps.make_optimizer(
-        lr_schedule(config, steps_per_epoch), t.head_lr_mult, t.optimizer, t.weight_decay
-    )
+    tx = optimizer_lib.make_optimizer(schedule, t.head_lr_mult, t.optimizer, t.weight_decay)
+    return optimizer_lib.Optimizer(tx, schedule)
 
 
 def scheme(config: ml_collections.ConfigDict, dataset: catalog.Dataset) -> schemes.Scheme:

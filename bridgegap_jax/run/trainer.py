@@ -74,8 +74,7 @@ class Trainer:
         self.scheme = configuration.scheme(config, dataset)
         self.host_state = self.scheme.host_state(self.num_train, self.num_classes)
         self.model = configuration.model(config, self.num_classes)
-        self.lr = configuration.lr_schedule(config, self.steps_per_epoch)
-        self.tx = configuration.optimizer(config, self.steps_per_epoch)
+        self.tx, self.lr = configuration.optimizer(config, self.steps_per_epoch)
         self.step_fn = steps.jit_train_step(
             self.model, self.tx, self.scheme.loss, mesh, halt_on_nonfinite=config.train.nonfinite == "stop"
         )

@@ -164,7 +164,7 @@ def test_two_processes_stop_together_at_sigterm_and_resume_to_the_uninterrupted_
     assert result["best_epoch"] == whole["best_epoch"]
     # mAP of a model 12 steps from scratch is ill-conditioned (near-tied scores): within 0.1 points.
     np.testing.assert_allclose(result["test_map"], whole["test_map"], atol=0.1)
-    model, tx = configuration.model(tiny_config, 10), configuration.optimizer(tiny_config)
+    model, tx = configuration.model(tiny_config, 10), configuration.optimizer(tiny_config).tx
     mesh_1 = sharding.make_mesh(jax.devices()[:1])  # restored onto 1 device: saved from 8
     state_a, corrections_a = latest_state(str(tmp_path / "whole"), model, tx, mesh_1)
     state_b, corrections_b = latest_state(split, model, tx, mesh_1)

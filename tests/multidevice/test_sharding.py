@@ -22,7 +22,7 @@ def relative_error(a, b) -> float:
 
 
 def tiny_model(config):
-    return configuration.model(config, 10), configuration.optimizer(config)
+    return configuration.model(config, 10), configuration.optimizer(config).tx
 
 
 @pytest.fixture(scope="module")
