@@ -8,7 +8,7 @@ inverse of `pretrained`'s key map (`pretrained.torch_name`), with every BatchNor
 `resnet.load_state_dict(..., strict=True)` takes it; the CAM head as a 1x1 convolution,
 `head.weight` (C, F, 1, 1) and `head.bias` (C,); and, in the metadata (strings), what PyTorch needs
 to compute the same probabilities: alpha, class_names (JSON), image_size, resize, mean and std
-(JSON, of RGB in [0, 1]), depth, width. README, "Your own data", has the PyTorch code.
+(JSON, of RGB in [0, 1]), depth, width. docs/own_data.md has the PyTorch code.
 
     python -m bridgegap_jax.export --workdir=runs/NAME --out=trunk.safetensors --trunk_only
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {args.out}: the ResNet-{info['depth']} trunk under torchvision's names and the CAM head for "
         f"{info['num_classes']} classes, from the best checkpoint of {args.workdir} (step "
-        f"{info['best_step']}); load it in PyTorch as README, 'Your own data', shows"
+        f"{info['best_step']}); load it in PyTorch as docs/own_data.md shows"
     )
     return 0
 

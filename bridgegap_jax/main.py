@@ -174,7 +174,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             lines = text.splitlines() or [text]
             fail(
                 f"a --config.* override names a field that does not exist: {lines[0]}. {' '.join(lines[1:])} "
-                "(README, Running)"
+                "(docs/running.md)"
             )
         if isinstance(error, (ImportError, SyntaxError)):
             fail(f"the config file {config_file(argv)} does not load: {error}")

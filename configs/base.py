@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.data.random_flip = True
     # 'bilinear' (OpenCV) is ~0.6 grey levels from the reference's PIL resize at 448 and ~3x cheaper
-    # per core; 'pil' is the reference's resize exactly (README, Input pipeline).
+    # per core; 'pil' is the reference's resize exactly (docs/data.md, "Input pipeline").
     config.data.resize = "bilinear"
     config.data.workers = config_dict.placeholder(int)  # decoding processes; None: one per CPU core
 

@@ -2,7 +2,7 @@
 
 configs/demo_large.py (ResNet-18 at width 8, 8 epochs) started from the trunk of
 `configs/letters.py --config.model.width=8`, exported and converted as a torchvision file is
-(README, "A pretrained trunk made offline"). `python scripts/study.py finetune_batch` trains the
+(docs/weights.md, "A pretrained trunk made offline"). `python scripts/study.py finetune_batch` trains the
 large-batch grid on it.
 """
 
@@ -13,6 +13,6 @@ def get_config():
     config = demo_large.get_config()
     config.model.pretrained = "~/bridgegap_weights/letters_resnet18_w8"  # the converted letters trunk
     # The lowest lr of the sweep within 1 validation mAP of its best, 3x below the from-scratch lr
-    # (README, "A pretrained trunk made offline": 3e-4 gave 94.02, 1e-3 94.87; 1e-4 90.60).
+    # (docs/weights.md, "A pretrained trunk made offline": 3e-4 gave 94.02, 1e-3 94.87; 1e-4 90.60).
     config.train.lr = 3e-4
     return config

@@ -1,4 +1,4 @@
-"""Your own data (README, "Your own data"): a dataset prepared from a folder of images and a label
+"""Your own data (docs/own_data.md): a dataset prepared from a folder of images and a label
 table, fine-tuned from the ImageNet ResNet-50 at the protocol's settings (configs/base.py: 448x448,
 batch 16, Adam at lr 1e-5 with the head at 10x, 10 epochs, LL-R, BoostLU alpha 5).
 
@@ -7,7 +7,7 @@ batch 16, Adam at lr 1e-5 with the head at 10x, 10 epochs, LL-R, BoostLU alpha 5
         --config.data.data_dir=DATA --workdir=runs/NAME
 
 config.data.name has no default: give folder:NAME (the --name of prepare) or the path of the
-prepared folder. The trunk is `~/bridgegap_weights/resnet50_v1` (README, "ImageNet weights").
+prepared folder. The trunk is `~/bridgegap_weights/resnet50_v1` (docs/weights.md).
 """
 
 from configs import base

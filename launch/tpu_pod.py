@@ -13,7 +13,7 @@ metrics go to the gs:// workdir directly (orbax), and the converted weights are 
 `run` starts `python -m bridgegap_jax.main` on all workers at once (gcloud ... ssh --worker=all)
 and streams their output here (only process 0 prints); if the connection drops, `run` again resumes
 from the latest checkpoint. A preempted spot or queued slice saves a checkpoint at the SIGTERM and
-is gone: `delete create setup run` with the same flags resumes it (README, Preemption). `logs`
+is gone: `delete create setup run` with the same flags resumes it (docs/scale.md, Preemption). `logs`
 shows worker 0's log of the last run. --dry-run prints every command instead of running it.
 """
 

@@ -155,7 +155,7 @@ GRIDS = {
 
 def trunk_command(config_file: str, entries: list[dict], passthrough: list[str]) -> list[str] | None:
     """The command that makes the converted trunk a fine-tuning grid starts from, if it is missing
-    (scripts/letters_trunk.py: train the letters, export, convert; README, "A pretrained trunk made
+    (scripts/letters_trunk.py: train the letters, export, convert; docs/weights.md, "A pretrained trunk made
     offline"); None when the trunk is there or no entry needs it."""
     from bridgegap_jax.model import pretrained
 

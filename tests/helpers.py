@@ -145,12 +145,15 @@ def png_size(path):
     return struct.unpack(">II", head[16:24])
 
 
-def readme_python(containing: str) -> str:
-    """The README's ```python block that contains `containing`: tests run it as printed."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+OWN_DATA_PAGE = os.path.join("docs", "own_data.md")  # the PyTorch code for an exported model
+
+
+def readme_python(containing: str, page: str = OWN_DATA_PAGE) -> str:
+    """The ```python block of a docs page that contains `containing`: tests run it as printed."""
+    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
         blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
     found = [block for block in blocks if containing in block]
-    assert len(found) == 1, f"{len(found)} python blocks of README.md contain {containing!r}"
+    assert len(found) == 1, f"{len(found)} python blocks of {page} contain {containing!r}"
     return found[0]
 
 

@@ -38,7 +38,7 @@ def test_unknown_config_field_is_one_line_with_a_suggestion(tmp_path):
     )
     assert message.endswith(
         'field that does not exist: \'batchsize\'. Did you mean "batch_size" instead of "batchsize"? '
-        "(README, Running)"
+        "(docs/running.md)"
     )
     assert not (tmp_path / "run").exists()  # nothing was started
 

@@ -210,7 +210,7 @@ def test_the_skip_policy_drops_non_finite_steps(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_the_readme_remedy_for_divergence_resumes_with_skip(tiny_config, tmp_path):
     """Stopped at the first non-finite step, the same workdir resumes with --config.train.nonfinite=skip
-    (README, When things go wrong), and the change is recorded."""
+    (docs/troubleshooting.md), and the change is recorded."""
     schemes.register(NaNEveryThirdBatch)
     workdir = str(tmp_path / "run")
     try:

@@ -194,7 +194,7 @@ def open_dataset(name: str, data_dir: str) -> Dataset:
             raise DatasetNotFoundError(
                 f"dataset {name!r} is not prepared: no {root}/<version>/dataset_info.json "
                 f"(config.data.data_dir={data_dir!r}). It needs {data_spec.downloads}; prepare it once with "
-                f"`{command}` (README, section Data), or point --config.data.data_dir at the folder that holds it."
+                f"`{command}` (docs/data.md), or point --config.data.data_dir at the folder that holds it."
             )
         directory = root / versions[-1]
     import tensorflow_datasets as tfds
@@ -295,7 +295,7 @@ def _locate_folder(name: str, data_dir: str) -> tuple[str, dict]:
         if not versions:
             raise DatasetNotFoundError(
                 f"dataset {name!r} is not prepared: {where}. Prepare it from your images and label table with "
-                f"`{how}` (README, section Your own data), or point --config.data.data_dir at the folder that "
+                f"`{how}` (docs/own_data.md), or point --config.data.data_dir at the folder that "
                 "holds it"
             )
         directory = root / versions[-1]

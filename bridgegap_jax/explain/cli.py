@@ -262,41 +262,6 @@ def default_out() -> str:
     return os.path.join("explain", time.strftime("%Y%m%d-%H%M%S"))
 
 
-def define_flags():
-    from absl import flags
-
-    flags.DEFINE_multi_string("run", None, "NAME=WORKDIR of a run to compare; give two or more.")
-    flags.DEFINE_string(
-        "reference", None, "Name of the reference (full-label) run; default: the first --run."
-    )
-    flags.DEFINE_string("split", "test", "Dataset split to explain.")
-    flags.DEFINE_string(
-        "out",
-        None,
-        "Output folder for the PNG figures and summary.json; default: a new folder "
-        "explain/<YYYYmmdd-HHMMSS>, so that earlier results and tracked files are never overwritten.",
-    )
-    flags.DEFINE_float(
-        "inference_alpha", 5.0, "BoostLU alpha of the '+ BoostLU at inference' columns (1: none)."
-    )
-    flags.DEFINE_float(
-        "top_k_percent", 20.0, "k of the top-k% IoU between a model's and the reference's map."
-    )
-    flags.DEFINE_list(
-        "classes", [], "Figure rows only for these classes (names, or indices where there are none)."
-    )
-    flags.DEFINE_list("image_ids", [], "Figure rows only for these images (their index in the split).")
-    flags.DEFINE_integer(
-        "num_rows", 8, "Figure rows: a seeded random sample of the matching (image, class) pairs."
-    )
-    flags.DEFINE_integer("rows_per_figure", 4, "Rows per PNG file.")
-    flags.DEFINE_integer("seed", 0, "Seed of the row sample.")
-    flags.DEFINE_string(
-        "data_dir", None, "Where the dataset is prepared; default: the reference run's config.data.data_dir."
-    )
-    flags.mark_flags_as_required(["run"])
-
-
 def main(argv):
     import sys
 
@@ -357,10 +322,3 @@ def format_summary(summary: dict) -> str:
             f"{name:34s} {m['mean_positive_cell_attribution']:9.3f} {m['mean_probability']:7.3f}{compared}"
         )
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    define_flags()  # here, not at import: tests and other tools import this module
-    app.run(main)

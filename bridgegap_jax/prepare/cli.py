@@ -198,7 +198,7 @@ def parse_args(argv):
         "their order, default: the table's)",
     )
     parser.add_argument(
-        "--labels", help="folder: the label table, .csv, .tsv or .jsonl (README, Your own data)"
+        "--labels", help="folder: the label table, .csv, .tsv or .jsonl (docs/own_data.md)"
     )
     parser.add_argument(
         "--name",
@@ -271,7 +271,7 @@ def prepare(args) -> str:
         return built_in.build(args.data_dir, args.name, overwrite=args.overwrite)
     if not args.source:
         raise UserError(
-            f"{args.name} is prepared from its downloads: give --source=<folder> (README, section Data)"
+            f"{args.name} is prepared from its downloads: give --source=<folder> (docs/data.md)"
         )
     args.source = os.path.expanduser(args.source)
     if not os.path.isdir(args.source):

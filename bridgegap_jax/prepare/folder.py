@@ -113,7 +113,7 @@ def check_args(args) -> None:
         raise UserError("prepare folder reads --images and --labels, not --source")
     for flag, value in (("--images", args.images), ("--labels", args.labels), ("--name", args.folder_name)):
         if not value:
-            raise UserError(f"prepare folder needs {flag} (README, section Your own data)")
+            raise UserError(f"prepare folder needs {flag} (docs/own_data.md)")
     problem = folder.name_problem(args.folder_name)
     if problem:
         raise UserError(f"--name={args.folder_name}: {problem}")
