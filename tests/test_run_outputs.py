@@ -1,5 +1,6 @@
 """What a run leaves for the user to read: metrics.jsonl in strict JSON, and the same scalars in
-TensorBoard event files, read back here without TensorFlow (the record framing parsed by hand)."""
+TensorBoard event files, read back here without TensorFlow (the record framing parsed by hand); and
+checkpoints that name no module of the package, so that moving code never strands a run."""
 
 import json
 import struct
@@ -49,6 +50,15 @@ def finished_run(tmp_path_factory, demo_data_dir):
     start = time.time()
     trainer.train_and_evaluate(config, str(workdir))
     return workdir, start, time.time()
+
+
+def test_checkpoints_name_no_module_of_the_package(finished_run):
+    # A run's checkpoints hold arrays and plain records only: a pickled class would tie every saved
+    # run to the module path it had (a run trained before the package moved into its wings resumed
+    # after the move, bit for bit, because nothing there names a module).
+    workdir, _, _ = finished_run
+    files = [path for path in (workdir / rundir.CHECKPOINTS_DIR).rglob("*") if path.is_file()]
+    assert files and [str(path) for path in files if b"bridgegap_jax" in path.read_bytes()] == []
 
 
 def test_metrics_jsonl_is_strict_json_with_a_wall_time(finished_run):
