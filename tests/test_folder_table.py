@@ -135,6 +135,24 @@ BAD_TABLES = {
         "file_name,cat\n",
         "labels.xlsx: the table must be a .csv, .tsv or .jsonl",
     ),
+    "lists joined by ';'": (
+        "labels.csv",
+        "file_name,labels\na.png,cat\nb.png,cat;dog\nc.png,dog;bird\nd.png,bird\n",
+        "labels.csv, line 3, column 'labels': 'cat;dog' looks like class names joined by ';', not by the "
+        "default '|' (split at ';', the table's 4 names are 3); pass --label_separator=';' (or "
+        "--label_separator='|' if ';' belongs inside the names)",
+    ),
+    "lists joined by ','": (
+        "labels.tsv",
+        "file_name\tlabels\na.png\tcat\nb.png\tdog\nc.png\tcat,dog\n",
+        "labels.tsv, line 4, column 'labels': 'cat,dog' looks like class names joined by ','",
+    ),
+    "negatives joined by '/'": (
+        "labels.jsonl",
+        '{"file_name": "a.png", "labels": ["cat"], "negatives": "dog/bird"}\n'
+        '{"file_name": "b.png", "labels": ["dog", "bird"]}\n',
+        "labels.jsonl, line 1, column 'negatives': 'dog/bird' looks like class names joined by '/'",
+    ),
 }
 
 
@@ -161,6 +179,14 @@ def test_a_bad_table_is_one_line_and_writes_nothing(case, tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert f"{tmp_path}{os.sep}{expected}" in err  # the file as given, the line, the column, what is wrong
     assert not data_dir.exists()  # nothing written
+
+
+def test_a_separator_given_is_trusted_and_names_with_commas_are_not_lists(tmp_path):
+    joined = write(tmp_path / "labels.csv", "file_name,labels\na.png,cat\nb.png,cat;dog\nc.png,dog\n")
+    assert table.read_table(joined, separator=";").classes == ["cat", "dog"]
+    assert table.read_table(joined, separator="|").classes == ["cat", "cat;dog", "dog"]  # given: as written
+    commas = write(tmp_path / "commas.csv", 'file_name,labels\na.png,"bird, small|cat"\nb.png,dog\n')
+    assert table.read_table(commas).classes == ["bird, small", "cat", "dog"]  # split at ',': more names
 
 
 def test_flags_of_prepare_folder_are_checked(tmp_path, capsys):

@@ -208,7 +208,8 @@ def parse_args(argv):
     parser.add_argument(
         "--label_separator",
         default=None,
-        help="folder: between the class names of a labels cell (default '|')",
+        help="folder: between the class names of a labels cell (default '|', and names that look joined "
+        "by ';', ',' or '/' are an error that says so)",
     )
     parser.add_argument(
         "--validation_fraction",

@@ -156,8 +156,7 @@ def prepare(args) -> str:
     """Builds the dataset; returns its folder."""
     check_args(args)
     class_names = read_class_names(args.class_names) if args.class_names else None
-    separator = "|" if args.label_separator is None else args.label_separator
-    table = tables.read_table(args.labels, class_names, separator)
+    table = tables.read_table(args.labels, class_names, args.label_separator)
     name = args.folder_name
     final = writer.dataset_dir(args.data_dir, folder.tfds_name(name))
     if os.path.exists(final) and not args.overwrite:
