@@ -189,6 +189,30 @@ def test_a_separator_given_is_trusted_and_names_with_commas_are_not_lists(tmp_pa
     assert table.read_table(commas).classes == ["bird, small", "cat", "dog"]  # split at ',': more names
 
 
+def test_windows_backslashes_are_read_as_folders_unless_a_file_has_that_name(tmp_path, capsys):
+    tiny_images(tmp_path / "images", 4)
+    for i in (0, 1):
+        (tmp_path / "images" / "dogs").mkdir(exist_ok=True)
+        os.replace(tmp_path / "images" / f"{i}.png", tmp_path / "images" / "dogs" / f"{i}.png")
+    os.replace(tmp_path / "images" / "2.png", tmp_path / "images" / "odd\\name.png")  # legal on Linux
+    rows = "dogs\\0.png,a\ndogs\\1.png,b\nodd\\name.png,a\n3.png,b\ndogs/0.png,c\n"
+    labels = write(tmp_path / "labels.csv", "file_name,labels,split\n" + rows.replace("\n", ",train\n"))
+    t = table.read_table(labels, images=str(tmp_path / "images"))
+    assert t.file_names == ["dogs/0.png", "dogs/1.png", "odd\\name.png", "3.png"] and t.merged == 1
+    assert t.windows_paths == [("dogs\\0.png", "dogs/0.png"), ("dogs\\1.png", "dogs/1.png")]
+    np.testing.assert_array_equal(t.labels[0], [1, -1, 1])  # the two rows of dogs/0.png, merged
+
+    write(labels, "file_name,labels,split\ndogs\\0.png,a,train\ndogs\\1.png,b,validation\n3.png,a,test\n")
+    argv = ["folder", f"--images={tmp_path / 'images'}", f"--labels={labels}", "--name=win"]
+    assert cli.main([*argv, f"--data_dir={tmp_path / 'd'}", "--workers=1"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note: 2 file_name(s) written with Windows backslashes, read with '/' (dogs\\0.png as dogs/0.png)"
+        in out
+    )
+    assert "wrote 1 of 1 images" in out and "1 missing" not in out
+
+
 def test_flags_of_prepare_folder_are_checked(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     labels = write(tmp_path / "labels.csv", "file_name,labels\na.png,cat\n")

@@ -156,7 +156,9 @@ def prepare(args) -> str:
     """Builds the dataset; returns its folder."""
     check_args(args)
     class_names = read_class_names(args.class_names) if args.class_names else None
-    table = tables.read_table(args.labels, class_names, args.label_separator)
+    table = tables.read_table(
+        args.labels, class_names, args.label_separator, images=os.path.expanduser(args.images)
+    )
     name = args.folder_name
     final = writer.dataset_dir(args.data_dir, folder.tfds_name(name))
     if os.path.exists(final) and not args.overwrite:
@@ -319,6 +321,13 @@ def describe(table: tables.Table, encoding: str, evaluation: dict, rows: dict, s
         "training assumes negative",
         flush=True,
     )
+    if table.windows_paths:
+        written, read = table.windows_paths[0]
+        print(
+            f"note: {len(table.windows_paths)} file_name(s) written with Windows backslashes, read with '/' "
+            f"({written} as {read})",
+            flush=True,
+        )
     learnable = (table.labels[rows["train"]] == 1).any(0)
     unlearnable = [c for c, ok in zip(table.classes, learnable) if not ok]
     if unlearnable:

@@ -13,8 +13,10 @@ path relative to the image folder, as in Hugging Face's imagefolder metadata. Th
     as they are, every combination of classes would silently become a class of its own. A separator
     given with the flag, `|` included, is trusted.
 An optional `split` column holds train, validation or test. A UTF-8 byte-order mark, CRLF line
-ends and quoted fields (names with commas, even line breaks) are read as csv reads them. Rows that
-name one file twice are merged; a class known both ways, or two splits, is an error. Every error
+ends and quoted fields (names with commas, even line breaks) are read as csv reads them. A
+`file_name` written with Windows backslashes (`dogs\001.jpg`) is read with `/`, unless a file of
+that very name is in the image folder (a backslash is a legal file name character on Linux). Rows
+that name one file twice are merged; a class known both ways, or two splits, is an error. Every error
 is one line naming the file, the line and the column.
 """
 
@@ -58,13 +60,17 @@ class Table:
     lines: list[int]  # the line each image was first listed on
     merged: int  # rows merged into an earlier row of the same file
     ignored_columns: list[str]
+    windows_paths: list[tuple[str, str]]  # (file_name as written with backslashes, as read)
 
 
-def read_table(path: str, class_names: list[str] | None = None, separator: str | None = None) -> Table:
+def read_table(
+    path: str, class_names: list[str] | None = None, separator: str | None = None, images: str | None = None
+) -> Table:
     """The table at `path`; `class_names` fixes the classes and their order (default: from the table).
 
     separator: between the names of a labels cell; None is DEFAULT_SEPARATOR, checked against names that
-    look joined by another one (one given is trusted).
+    look joined by another one (one given is trusted). images: the image folder, where a file_name
+    with backslashes is looked up as written before it is read as a Windows path.
     """
     fmt = FORMATS.get(os.path.splitext(path)[1].lower())
     if fmt is None:
@@ -112,9 +118,11 @@ def read_table(path: str, class_names: list[str] | None = None, separator: str |
 
     separator = separator or DEFAULT_SEPARATOR
     first: dict[str, int] = {}
-    file_names, lines, labels, splits = [], [], [], []
+    file_names, lines, labels, splits, windows_paths = [], [], [], [], []
     for line, row in rows:
-        file_name = _file_name(row.get(FILE_COLUMN), where(line, FILE_COLUMN))
+        file_name = _file_name(row.get(FILE_COLUMN), where(line, FILE_COLUMN), images)
+        if "\\" in str(row.get(FILE_COLUMN)) and "\\" not in file_name:
+            windows_paths.append((row[FILE_COLUMN].strip(), file_name))
         values = np.full(len(classes), UNKNOWN, np.int8)
         if layout == "lists":
             for column, value in ((LABELS_COLUMN, 1), (NEGATIVES_COLUMN, 0)):
@@ -165,6 +173,7 @@ def read_table(path: str, class_names: list[str] | None = None, separator: str |
         lines=lines,
         merged=len(rows) - len(file_names),
         ignored_columns=[c for c in columns if c not in used],
+        windows_paths=windows_paths,
     )
 
 
@@ -268,10 +277,13 @@ def _refuse_joined_names(names: dict[str, tuple[int, str] | None], where: _Where
     )
 
 
-def _file_name(value, where: str) -> str:
+def _file_name(value, where: str, images: str | None = None) -> str:
     if not isinstance(value, str) or not value.strip():
         raise TableError(f"{where}: no image path")
-    name = posixpath.normpath(value.strip())
+    name = value.strip()
+    if "\\" in name and not (images and os.path.isfile(os.path.join(images, name))):
+        name = name.replace("\\", "/")  # a Windows path; a file named with a backslash is kept above
+    name = posixpath.normpath(name)
     if name.startswith("/") or re.match(r"[A-Za-z]:", name) or name == ".." or name.startswith("../"):
         raise TableError(f"{where}: {value!r} is not a path inside the image folder (--images)")
     return name
