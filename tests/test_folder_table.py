@@ -213,6 +213,38 @@ def test_windows_backslashes_are_read_as_folders_unless_a_file_has_that_name(tmp
     assert "wrote 1 of 1 images" in out and "1 missing" not in out
 
 
+def test_the_metadata_file_in_the_image_folder_is_the_table_without_labels(tmp_path, capsys):
+    """Hugging Face's imagefolder convention: metadata.jsonl or metadata.csv beside the images."""
+    images = tmp_path / "images"
+    tiny_images(images, 3)
+    rows = [("0.png", "a", "train"), ("1.png", "b", "validation"), ("2.png", "a", "test")]
+    write(
+        images / "metadata.jsonl",
+        "".join(json.dumps(dict(zip(("file_name", "labels", "split"), r))) + "\n" for r in rows),
+    )
+    argv = ["folder", f"--images={images}", "--name=meta", "--workers=1"]
+    assert cli.main([*argv, f"--data_dir={tmp_path / 'd'}"]) == 0
+    out = capsys.readouterr().out
+    assert f"no --labels: reading {images / 'metadata.jsonl'}, the metadata file of --images" in out
+    with open(tmp_path / "d" / "bridgegap_folder_meta" / "1.0.0" / "folder_dataset.json") as f:
+        description = json.load(f)
+    assert description["source"]["labels"] == str(images / "metadata.jsonl")
+    assert f"--labels={images / 'metadata.jsonl'}" in description["command"]  # the rebuild names it
+
+    write(images / "metadata.csv", "file_name,labels\n0.png,a\n")
+    assert cli.main([*argv, f"--data_dir={tmp_path / 'e'}"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --images={images} holds both metadata.jsonl and metadata.csv: name the table to read with "
+        f"--labels={images / 'metadata.jsonl'}\n"
+    )
+    for name in ("metadata.jsonl", "metadata.csv"):
+        os.remove(images / name)
+    assert cli.main([*argv, f"--data_dir={tmp_path / 'e'}"]) == 2
+    assert "needs --labels, or a metadata.jsonl or metadata.csv in --images=" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def test_flags_of_prepare_folder_are_checked(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     labels = write(tmp_path / "labels.csv", "file_name,labels\na.png,cat\n")

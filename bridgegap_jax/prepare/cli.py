@@ -198,7 +198,9 @@ def parse_args(argv):
         "their order, default: the table's)",
     )
     parser.add_argument(
-        "--labels", help="folder: the label table, .csv, .tsv or .jsonl (README, Your own data)"
+        "--labels",
+        help="folder: the label table, .csv, .tsv or .jsonl (README, Your own data); default: the "
+        "metadata.jsonl or metadata.csv in --images",
     )
     parser.add_argument(
         "--name",
