@@ -3,6 +3,8 @@ evaluation coverage, simulated partial-label masks, and the decoder against PIL.
 
 import io
 import os
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -135,6 +137,50 @@ def test_worker_processes_give_the_same_batches(dataset):
         assert batch.keys() == want.keys()
         for key in want:
             np.testing.assert_array_equal(batch[key], want[key])
+
+
+HOLDS_A_BATCH = """
+import sys
+
+from bridgegap_jax.data import catalog, input_pipeline
+
+HELD = []  # batches still referenced as the process ends (a caller's global, an exception's traceback)
+
+
+def main():
+    dataset = catalog.open_dataset("demo", sys.argv[1])
+    options = input_pipeline.Options(image_size=16, batch_size=16, eval_batch_size=16)
+    plan = input_pipeline.eval_plan(dataset, "validation", options)
+    with input_pipeline.Stream(input_pipeline.BatchReader(dataset, plan, options), workers=2) as stream:
+        HELD.extend(stream.take(3))
+    print(len(HELD), HELD[-1]["image"].shape, int(HELD[-1]["image"].sum()))
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_batches_from_workers_that_outlive_the_stream_leak_no_shared_memory(dataset, demo_data_dir, tmp_path):
+    """A process that still holds batches from worker processes when it ends prints nothing on stderr:
+    no 'resource_tracker: There appear to be N leaked shared_memory objects', no __del__ errors."""
+    from helpers import ROOT
+
+    script = tmp_path / "holds_batches.py"
+    script.write_text(HOLDS_A_BATCH)
+    done = subprocess.run(
+        [sys.executable, str(script), demo_data_dir],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    o = input_pipeline.Options(image_size=16, batch_size=16, eval_batch_size=16)  # the script's
+    third = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, "validation", o), o)(2)
+    assert done.stdout.split() == ["3", "(16,", "16,", "16,", "3)", str(int(third["image"].sum()))]
 
 
 def test_flips_are_keyed_by_example_and_epoch(dataset):
