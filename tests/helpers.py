@@ -194,3 +194,38 @@ def run_readme_pytorch(workdir, model_file, images, names, predictions, monkeypa
     )
     assert got.shape == want.shape and difference <= max_difference
     return difference
+
+
+# What PIL turns a stored image by to show it (the EXIF orientation tag, 2..8), undone.
+_UNDO_ORIENTATION = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_90",
+}
+_UNDO_ORIENTATION |= {7: "TRANSVERSE", 8: "ROTATE_270"}
+
+
+def upright_picture() -> np.ndarray:
+    """(80, 40, 3) uint8, a portrait: the top half light, the bottom dark, a red square top left (so a
+    turn or a mirror of it shows). Edges on the 8-pixel grid: JPEG keeps them."""
+    picture = np.full((80, 40, 3), 20, np.uint8)
+    picture[:40] = 230
+    picture[:16, :16] = (230, 20, 20)
+    return picture
+
+
+def sideways_photo(orientation: int = 6, fmt: str = "JPEG") -> bytes:
+    """upright_picture() as a phone stores it: the pixels turned, and the EXIF orientation tag that turns
+    them back (6: the camera held upright, the sensor landscape)."""
+    import io
+
+    from PIL import Image
+
+    stored = Image.fromarray(upright_picture()).transpose(Image.Transpose[_UNDO_ORIENTATION[orientation]])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    stored.save(out, format=fmt, exif=exif)
+    return out.getvalue()

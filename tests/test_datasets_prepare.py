@@ -214,3 +214,28 @@ def test_openimages_large_images_are_shrunk(openimages):
     got = _rows(builder, "train")
     sizes = [Image.open(io.BytesIO(b)).size for b in got["image"]]
     assert (700, 600) not in sizes and (597, 512) in sizes  # 700x600 -> shorter side 512
+
+
+@pytest.mark.parametrize(
+    "fmt, max_short_side, kept",
+    [("JPEG", None, True), ("PNG", None, False), ("WEBP", None, False), ("JPEG", 24, False)],
+    ids=["jpeg kept", "png re-encoded", "webp re-encoded", "jpeg shrunk"],
+)
+def test_a_photo_with_exif_orientation_is_stored_upright(tmp_path, fmt, max_short_side, kept):
+    """A JPEG is kept byte for byte, its orientation tag with it (both decoders apply it); an image that
+    is re-encoded (another format, or shrunk) loses its EXIF, so its pixels are turned upright first."""
+    from helpers import sideways_photo, upright_picture
+
+    from bridgegap_jax.data import images
+    from bridgegap_jax.prepare import image_files
+
+    path = tmp_path / f"portrait.{fmt.lower()}"
+    path.write_bytes(sideways_photo(6, fmt))
+    status, stored = image_files.process(str(path), max_short_side)
+    assert status == "ok" and (stored == path.read_bytes()) == kept
+    for method in images.RESIZE_METHODS:
+        upright = images.decode(stored, method).astype(int)
+        if max_short_side is None:
+            assert upright.shape == (80, 40, 3) and np.abs(upright - upright_picture()).mean() < 3
+        else:  # shorter side 24, still a portrait, the red square top left
+            assert upright.shape == (48, 24, 3) and upright[0, 0, 0] > 150 > upright[0, 0, 1]

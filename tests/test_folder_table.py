@@ -135,6 +135,24 @@ BAD_TABLES = {
         "file_name,cat\n",
         "labels.xlsx: the table must be a .csv, .tsv or .jsonl",
     ),
+    "lists joined by ';'": (
+        "labels.csv",
+        "file_name,labels\na.png,cat\nb.png,cat;dog\nc.png,dog;bird\nd.png,bird\n",
+        "labels.csv, line 3, column 'labels': 'cat;dog' looks like class names joined by ';', not by the "
+        "default '|' (split at ';', the table's 4 names are 3); pass --label_separator=';' (or "
+        "--label_separator='|' if ';' belongs inside the names)",
+    ),
+    "lists joined by ','": (
+        "labels.tsv",
+        "file_name\tlabels\na.png\tcat\nb.png\tdog\nc.png\tcat,dog\n",
+        "labels.tsv, line 4, column 'labels': 'cat,dog' looks like class names joined by ','",
+    ),
+    "negatives joined by '/'": (
+        "labels.jsonl",
+        '{"file_name": "a.png", "labels": ["cat"], "negatives": "dog/bird"}\n'
+        '{"file_name": "b.png", "labels": ["dog", "bird"]}\n',
+        "labels.jsonl, line 1, column 'negatives': 'dog/bird' looks like class names joined by '/'",
+    ),
 }
 
 
@@ -161,6 +179,70 @@ def test_a_bad_table_is_one_line_and_writes_nothing(case, tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
     assert f"{tmp_path}{os.sep}{expected}" in err  # the file as given, the line, the column, what is wrong
     assert not data_dir.exists()  # nothing written
+
+
+def test_a_separator_given_is_trusted_and_names_with_commas_are_not_lists(tmp_path):
+    joined = write(tmp_path / "labels.csv", "file_name,labels\na.png,cat\nb.png,cat;dog\nc.png,dog\n")
+    assert table.read_table(joined, separator=";").classes == ["cat", "dog"]
+    assert table.read_table(joined, separator="|").classes == ["cat", "cat;dog", "dog"]  # given: as written
+    commas = write(tmp_path / "commas.csv", 'file_name,labels\na.png,"bird, small|cat"\nb.png,dog\n')
+    assert table.read_table(commas).classes == ["bird, small", "cat", "dog"]  # split at ',': more names
+
+
+def test_windows_backslashes_are_read_as_folders_unless_a_file_has_that_name(tmp_path, capsys):
+    tiny_images(tmp_path / "images", 4)
+    for i in (0, 1):
+        (tmp_path / "images" / "dogs").mkdir(exist_ok=True)
+        os.replace(tmp_path / "images" / f"{i}.png", tmp_path / "images" / "dogs" / f"{i}.png")
+    os.replace(tmp_path / "images" / "2.png", tmp_path / "images" / "odd\\name.png")  # legal on Linux
+    rows = "dogs\\0.png,a\ndogs\\1.png,b\nodd\\name.png,a\n3.png,b\ndogs/0.png,c\n"
+    labels = write(tmp_path / "labels.csv", "file_name,labels,split\n" + rows.replace("\n", ",train\n"))
+    t = table.read_table(labels, images=str(tmp_path / "images"))
+    assert t.file_names == ["dogs/0.png", "dogs/1.png", "odd\\name.png", "3.png"] and t.merged == 1
+    assert t.windows_paths == [("dogs\\0.png", "dogs/0.png"), ("dogs\\1.png", "dogs/1.png")]
+    np.testing.assert_array_equal(t.labels[0], [1, -1, 1])  # the two rows of dogs/0.png, merged
+
+    write(labels, "file_name,labels,split\ndogs\\0.png,a,train\ndogs\\1.png,b,validation\n3.png,a,test\n")
+    argv = ["folder", f"--images={tmp_path / 'images'}", f"--labels={labels}", "--name=win"]
+    assert cli.main([*argv, f"--data_dir={tmp_path / 'd'}", "--workers=1"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "note: 2 file_name(s) written with Windows backslashes, read with '/' (dogs\\0.png as dogs/0.png)"
+        in out
+    )
+    assert "wrote 1 of 1 images" in out and "1 missing" not in out
+
+
+def test_the_metadata_file_in_the_image_folder_is_the_table_without_labels(tmp_path, capsys):
+    """Hugging Face's imagefolder convention: metadata.jsonl or metadata.csv beside the images."""
+    images = tmp_path / "images"
+    tiny_images(images, 3)
+    rows = [("0.png", "a", "train"), ("1.png", "b", "validation"), ("2.png", "a", "test")]
+    write(
+        images / "metadata.jsonl",
+        "".join(json.dumps(dict(zip(("file_name", "labels", "split"), r))) + "\n" for r in rows),
+    )
+    argv = ["folder", f"--images={images}", "--name=meta", "--workers=1"]
+    assert cli.main([*argv, f"--data_dir={tmp_path / 'd'}"]) == 0
+    out = capsys.readouterr().out
+    assert f"no --labels: reading {images / 'metadata.jsonl'}, the metadata file of --images" in out
+    with open(tmp_path / "d" / "bridgegap_folder_meta" / "1.0.0" / "folder_dataset.json") as f:
+        description = json.load(f)
+    assert description["source"]["labels"] == str(images / "metadata.jsonl")
+    assert f"--labels={images / 'metadata.jsonl'}" in description["command"]  # the rebuild names it
+
+    write(images / "metadata.csv", "file_name,labels\n0.png,a\n")
+    assert cli.main([*argv, f"--data_dir={tmp_path / 'e'}"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --images={images} holds both metadata.jsonl and metadata.csv: name the table to read with "
+        f"--labels={images / 'metadata.jsonl'}\n"
+    )
+    for name in ("metadata.jsonl", "metadata.csv"):
+        os.remove(images / name)
+    assert cli.main([*argv, f"--data_dir={tmp_path / 'e'}"]) == 2
+    assert "needs --labels, or a metadata.jsonl or metadata.csv in --images=" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
 
 
 def test_flags_of_prepare_folder_are_checked(tmp_path, capsys):

@@ -2,9 +2,14 @@
 evaluation coverage, simulated partial-label masks, and the decoder against PIL."""
 
 import io
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
+from helpers import sideways_photo, upright_picture
 
 from bridgegap_jax.data import catalog, images, input_pipeline, masks
 from bridgegap_jax.prepare.fake import photo_like_jpeg
@@ -132,6 +137,50 @@ def test_worker_processes_give_the_same_batches(dataset):
         assert batch.keys() == want.keys()
         for key in want:
             np.testing.assert_array_equal(batch[key], want[key])
+
+
+HOLDS_A_BATCH = """
+import sys
+
+from bridgegap_jax.data import catalog, input_pipeline
+
+HELD = []  # batches still referenced as the process ends (a caller's global, an exception's traceback)
+
+
+def main():
+    dataset = catalog.open_dataset("demo", sys.argv[1])
+    options = input_pipeline.Options(image_size=16, batch_size=16, eval_batch_size=16)
+    plan = input_pipeline.eval_plan(dataset, "validation", options)
+    with input_pipeline.Stream(input_pipeline.BatchReader(dataset, plan, options), workers=2) as stream:
+        HELD.extend(stream.take(3))
+    print(len(HELD), HELD[-1]["image"].shape, int(HELD[-1]["image"].sum()))
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_batches_from_workers_that_outlive_the_stream_leak_no_shared_memory(dataset, demo_data_dir, tmp_path):
+    """A process that still holds batches from worker processes when it ends prints nothing on stderr:
+    no 'resource_tracker: There appear to be N leaked shared_memory objects', no __del__ errors."""
+    from helpers import ROOT
+
+    script = tmp_path / "holds_batches.py"
+    script.write_text(HOLDS_A_BATCH)
+    done = subprocess.run(
+        [sys.executable, str(script), demo_data_dir],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
+    o = input_pipeline.Options(image_size=16, batch_size=16, eval_batch_size=16)  # the script's
+    third = input_pipeline.BatchReader(dataset, input_pipeline.eval_plan(dataset, "validation", o), o)(2)
+    assert done.stdout.split() == ["3", "(16,", "16,", "16,", "3)", str(int(third["image"].sum()))]
 
 
 def test_flips_are_keyed_by_example_and_epoch(dataset):
@@ -262,3 +311,45 @@ def test_unreadable_bytes_are_a_decode_error():
         with pytest.raises(images.DecodeError):
             images.decode_and_resize(b"\xff\xd8\xff\xe0 not a jpeg", 32, method)
     assert images.verify(b"") is not None and images.verify(photo_like_jpeg(0)) is None
+
+
+@pytest.mark.parametrize("orientation", [3, 5, 6, 8])
+def test_both_decoders_turn_a_photo_upright_by_its_exif_orientation(orientation):
+    """A phone photo: pixels stored turned, with the EXIF tag that turns them back. Both decoders show it
+    upright, pixel for pixel the same, so prepare keeps it and either resize trains on the same image."""
+    data = sideways_photo(orientation)
+    decoded = {method: images.decode(data, method) for method in images.RESIZE_METHODS}
+    np.testing.assert_array_equal(decoded["bilinear"], decoded["pil"])
+    assert decoded["pil"].shape == (80, 40, 3)
+    assert np.abs(decoded["pil"].astype(int) - upright_picture()).mean() < 2  # JPEG's loss only
+    assert images.verify(data) is None
+    for method in images.RESIZE_METHODS:
+        small = images.decode_and_resize(data, 8, method).astype(int)  # top left red, bottom dark
+        assert small[0, 0, 0] > 150 > small[0, 0, 1] and small[-1].max() < 60
+
+
+def test_the_readme_pytorch_preprocessing_turns_a_photo_as_training_does(tmp_path):
+    """The README's PyTorch code reads image files itself: its OpenCV lines and the PIL expression it
+    gives for data.resize=pil make exactly what evaluation and predict decode, a turned photo included."""
+    import re
+
+    import cv2
+    import PIL.Image
+    import PIL.ImageOps
+    from helpers import ROOT, readme_python
+
+    code = readme_python("load_file")
+    loop = re.search(r"\n(\s+)image = cv2\..*\n\1batch\.append\(.*\)\n", code)[0]
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        pil_line = re.search(r"resize with `(PIL\.[^`]*)` instead", f.read())[1]
+    path = str(tmp_path / "portrait.jpg")
+    with open(path, "wb") as f:
+        f.write(sideways_photo(6))
+    size, batch = 16, []
+    exec(textwrap.dedent(loop), {"cv2": cv2, "path": path, "size": size, "batch": batch})
+    pil = eval(" ".join(pil_line.split()), {"PIL": PIL, "path": path, "size": size})
+    with open(path, "rb") as f:
+        data = f.read()
+    np.testing.assert_array_equal(batch[0], images.decode_and_resize(data, size, "bilinear"))
+    np.testing.assert_array_equal(np.asarray(pil), images.decode_and_resize(data, size, "pil"))
+    assert np.asarray(pil)[0, 0, 0] > 150 > np.asarray(pil)[0, 0, 1]  # upright: the red square top left

@@ -1,6 +1,6 @@
 """Your own data end to end: a folder with every quirk of a real one (a byte-order mark, CRLF, quoted
-names with commas, upper-case extensions, nested folders, PNG, WebP and JPEG, one missing and one
-corrupt image) -> prepare folder -> train (configs/folder.py at tiny size: one run, shared) ->
+names with commas, upper-case extensions, nested folders, PNG, WebP and JPEG, a phone photo stored
+sideways with its EXIF orientation, one missing and one corrupt image) -> prepare folder -> train (configs/folder.py at tiny size: one run, shared) ->
 predict -> export, and the README's PyTorch code on the exported file."""
 
 import csv
@@ -15,6 +15,7 @@ from bridgegap_jax import export, predict
 from bridgegap_jax.base import sharding
 from bridgegap_jax.base.files import sha256
 from bridgegap_jax.data import catalog, input_pipeline
+from bridgegap_jax.data import images as images_module
 from bridgegap_jax.model.safetensors_file import read_metadata, read_safetensors
 from bridgegap_jax.prepare import cli, writer
 from bridgegap_jax.run import configuration, evaluation, trained_run, trainer
@@ -45,7 +46,13 @@ def make_folder(root):
             negatives = [CLASSES[(i + 2) % 3]] if i % 2 == 0 else []
             pixels = rng.integers(0, 60, (48, 40, 3)) + np.mean([colours[c] for c in positives], 0)
             (images / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(images / name, format=fmt)
+            picture = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            if i == 0:  # a phone's portrait: stored turned, with the EXIF tag that turns it upright
+                exif = Image.Exif()
+                exif[0x0112] = 6
+                picture.transpose(Image.Transpose.ROTATE_90).save(images / name, format=fmt, exif=exif)
+            else:
+                picture.save(images / name, format=fmt)
             rows.append([name, "|".join(positives), "|".join(negatives), split.upper() if i == 5 else split])
             i += 1
     rows.insert(3, ["not there.jpg", "cat", "", "train"])  # missing
@@ -126,6 +133,8 @@ def test_prepare_reads_every_quirk_and_lists_what_it_skipped(prepared):
     ]
     records = dataset.source("train").__getitems__(list(range(16)))
     assert [r["image_id"].decode() for r in records] == [image_name(i, "train") for i in range(16)]
+    for method in images_module.RESIZE_METHODS:  # the photo stored sideways: upright in both decoders
+        assert images_module.decode(records[0]["image"], method).shape == (48, 40, 3)
     # "photo 0" is positive for bird and cat and negative for dog; unknown is -1 (the partial encoding)
     assert records[0]["labels_obs"].tolist() == [1, 1, 0] and records[1]["labels_obs"].tolist() == [-1, 1, -1]
     by_path = catalog.open_dataset(os.path.dirname(dataset.directory), "elsewhere")  # a path, no data_dir
@@ -258,7 +267,7 @@ def test_export_writes_torchvision_names_and_what_pytorch_needs(trained, capsys)
 @pytest.mark.slow
 def test_the_readme_pytorch_code_gives_predicts_probabilities(trained, predicted, monkeypatch):
     root, images, data_dir, config, workdir, result = trained
-    names = [image_name(i, "train") for i in range(4)]  # JPEG, PNG and WebP
+    names = [image_name(i, "train") for i in range(4)]  # JPEG (turned by its EXIF orientation), PNG and WebP
     run_readme_pytorch(workdir, root / "model.safetensors", images, names, predicted[0], monkeypatch)
 
 

@@ -7,6 +7,9 @@ Two resize methods (config.data.resize):
   'pil'       PIL's decode and `resize(BILINEAR)`: exactly what the reference's torchvision
               `Resize((S, S))` computes on PIL images.
 `prepare` decodes every image with both, so nothing it keeps can fail here at training time.
+Both apply the EXIF orientation (a phone's portrait photo is stored landscape with a tag that says
+"rotate"), so an image is upright, the same size and the same pixels in either: OpenCV's imdecode
+does so itself, PIL through ImageOps.exif_transpose (in place: no copy when there is nothing to turn).
 Imports only numpy, OpenCV and PIL: it runs in the input pipeline's worker processes.
 """
 
@@ -43,7 +46,7 @@ def decode(data: bytes, method: str = "bilinear") -> np.ndarray:
 
         try:
             with Image.open(io.BytesIO(data)) as image:
-                return np.asarray(image.convert("RGB"))
+                return np.asarray(upright(image).convert("RGB"))
         except Exception as error:  # PIL raises many types for bad data; all mean "cannot decode"
             raise DecodeError(f"PIL: {type(error).__name__}: {error}") from None
     buffer = np.frombuffer(data, np.uint8)
@@ -53,6 +56,14 @@ def decode(data: bytes, method: str = "bilinear") -> np.ndarray:
     return image[..., ::-1] if _RGB is None else image
 
 
+def upright(image):
+    """The opened PIL `image` turned as its EXIF orientation says, as OpenCV's imdecode turns it."""
+    from PIL import ImageOps
+
+    ImageOps.exif_transpose(image, in_place=True)
+    return image
+
+
 def decode_and_resize(data: bytes, size: int, method: str = "bilinear") -> np.ndarray:
     """(size, size, 3) uint8 RGB: the image resized without keeping its aspect ratio, as the reference."""
     if method == "pil":
@@ -60,7 +71,7 @@ def decode_and_resize(data: bytes, size: int, method: str = "bilinear") -> np.nd
 
         try:
             with Image.open(io.BytesIO(data)) as image:
-                return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+                return np.asarray(upright(image).convert("RGB").resize((size, size), Image.BILINEAR))
         except Exception as error:  # noqa: BLE001 - see decode()
             raise DecodeError(f"PIL: {type(error).__name__}: {error}") from None
     image = decode(data, method)

@@ -19,6 +19,7 @@ validation batches are decoded while the last training steps run.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import signal
 from typing import Iterator, Sequence
 
@@ -224,11 +225,29 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
     threading.Thread(target=exit_with_the_parent, name="exit-with-the-parent", daemon=True).start()
 
 
+def _own_mapping(array: np.ndarray) -> np.ndarray:
+    """`array`, if grain handed it over in shared memory, as a plain array on a mapping of its own.
+
+    grain's SharedMemoryArray unlinks its segment in __del__. One still referenced while the
+    interpreter shuts down (by an exception's traceback, a caller's global) meets a __del__ that can no
+    longer run: the segment stays, and the resource tracker reports it as leaked at exit. A plain
+    array on a second mapping of the same memory has no __del__: grain's array is dropped at once (its
+    own thread pool unlinks the name), and the memory stays mapped until the plain array is freed,
+    whenever that is. No copy: a mapping costs a system call, and the pages are read once either way.
+    """
+    shm = getattr(array, "shm", None)
+    if shm is None:  # small or empty arrays travel pickled, not in shared memory
+        return array
+    memory = mmap.mmap(shm._fd, shm.size)  # dups the descriptor: independent of grain's mapping
+    return np.frombuffer(memory, array.dtype, count=array.size).reshape(array.shape)
+
+
 class Stream:
     """The plan's batches from position `start` on, decoded by `workers` processes (0: this process).
 
     Iterate it, and `close()` it when done (it is also a context manager): the workers and their
-    shared memory are released at once, not at interpreter exit.
+    shared memory are released at once, not at interpreter exit. The batches it gives are plain
+    arrays that may outlive it (_own_mapping).
     """
 
     def __init__(self, reader: BatchReader, start: int = 0, workers: int = 0, buffer_per_worker: int = 2):
@@ -268,7 +287,7 @@ class Stream:
 
     def __next__(self) -> dict[str, np.ndarray]:
         try:
-            return next(self._iterator)
+            return {key: _own_mapping(value) for key, value in next(self._iterator).items()}
         finally:
             self._starting -= 1
             if self._starting <= 0:
@@ -287,9 +306,9 @@ class Stream:
         self._unblock()
         self._iterator.close()
         self._iterator = None
-        # Batches arrive in shared memory that is unlinked when their arrays are collected, by a
-        # thread pool of grain's: collect them now and wait for that pool, or the segments would
-        # outlive the run (and the resource tracker would warn about them at exit).
+        # The batches still in grain's buffers are in shared memory that is unlinked when their arrays
+        # are collected, by a thread pool of grain's: collect them now and wait for that pool, or the
+        # segments would outlive the run (and the resource tracker would warn about them at exit).
         gc.collect()
         pool = shared_memory_array.SharedMemoryArray._del_thread_pool
         if pool is not None:

@@ -198,7 +198,9 @@ def parse_args(argv):
         "their order, default: the table's)",
     )
     parser.add_argument(
-        "--labels", help="folder: the label table, .csv, .tsv or .jsonl (docs/own_data.md)"
+        "--labels",
+        help="folder: the label table, .csv, .tsv or .jsonl (docs/own_data.md); default: the "
+        "metadata.jsonl or metadata.csv in --images",
     )
     parser.add_argument(
         "--name",
@@ -208,7 +210,8 @@ def parse_args(argv):
     parser.add_argument(
         "--label_separator",
         default=None,
-        help="folder: between the class names of a labels cell (default '|')",
+        help="folder: between the class names of a labels cell (default '|', and names that look joined "
+        "by ';', ',' or '/' are an error that says so)",
     )
     parser.add_argument(
         "--validation_fraction",

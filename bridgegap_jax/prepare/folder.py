@@ -2,7 +2,9 @@ r"""`python -m bridgegap_jax.prepare folder`: a dataset from your own images and
 
     python -m bridgegap_jax.prepare folder --images=DIR --labels=FILE --name=NAME --data_dir=DATA
 
-The table (prepare/table.py) names each image by its path under --images. This module picks each
+The table (prepare/table.py) names each image by its path under --images. Without --labels, the
+metadata.jsonl or metadata.csv in --images is the table, as for Hugging Face's imagefolder (both
+there: an error that names them). This module picks each
 image's split, the label encoding and each split's evaluation, then writes the dataset with the
 writer of every dataset (a missing or unreadable image is skipped and listed in
 missing_<split>.tsv) into DATA/bridgegap_folder_NAME/1.0.0, beside the files with which it
@@ -46,6 +48,7 @@ from bridgegap_jax.prepare import table as tables
 from bridgegap_jax.prepare import writer
 
 SPLIT_FILE = "splits.csv"  # file_name,split of every table row: the stored split
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")  # imagefolder's tables, found in --images
 DEFAULT_FRACTION = 0.1  # of the images, each for validation and test, in a seeded split
 
 
@@ -108,10 +111,29 @@ def evaluation_mode(labels: np.ndarray) -> str:
     return "observed" if (labels == 0).any() else "unobserved_negative"
 
 
+def metadata_file(images: str) -> str:
+    """The table in the image folder `images` (--images as given) when --labels is not given."""
+    found = [
+        name for name in METADATA_FILES if os.path.isfile(os.path.join(os.path.expanduser(images), name))
+    ]
+    if len(found) > 1:
+        raise UserError(
+            f"--images={images} holds both {' and '.join(found)}: name the table to read with "
+            f"--labels={os.path.join(images, found[0])}"
+        )
+    if not found:
+        raise UserError(
+            f"prepare folder needs --labels, or a {' or '.join(METADATA_FILES)} in --images={images} "
+            "(docs/own_data.md)"
+        )
+    return os.path.join(images, found[0])
+
+
 def check_args(args) -> None:
+    """Checks the flags; without --labels, sets it to the metadata file of --images."""
     if args.source:
         raise UserError("prepare folder reads --images and --labels, not --source")
-    for flag, value in (("--images", args.images), ("--labels", args.labels), ("--name", args.folder_name)):
+    for flag, value in (("--images", args.images), ("--name", args.folder_name)):
         if not value:
             raise UserError(f"prepare folder needs {flag} (docs/own_data.md)")
     problem = folder.name_problem(args.folder_name)
@@ -119,6 +141,8 @@ def check_args(args) -> None:
         raise UserError(f"--name={args.folder_name}: {problem}")
     if not os.path.isdir(os.path.expanduser(args.images)):
         raise UserError(f"--images={args.images} is not a folder")
+    if not args.labels:
+        args.labels = metadata_file(args.images)
     if not os.path.isfile(os.path.expanduser(args.labels)):
         raise UserError(f"--labels={args.labels} is not a file")
     for flag, value in (
@@ -154,10 +178,14 @@ def command(args) -> str:
 
 def prepare(args) -> str:
     """Builds the dataset; returns its folder."""
+    found = not args.labels
     check_args(args)
+    if found:
+        print(f"no --labels: reading {args.labels}, the metadata file of --images", flush=True)
     class_names = read_class_names(args.class_names) if args.class_names else None
-    separator = "|" if args.label_separator is None else args.label_separator
-    table = tables.read_table(args.labels, class_names, separator)
+    table = tables.read_table(
+        args.labels, class_names, args.label_separator, images=os.path.expanduser(args.images)
+    )
     name = args.folder_name
     final = writer.dataset_dir(args.data_dir, folder.tfds_name(name))
     if os.path.exists(final) and not args.overwrite:
@@ -320,6 +348,13 @@ def describe(table: tables.Table, encoding: str, evaluation: dict, rows: dict, s
         "training assumes negative",
         flush=True,
     )
+    if table.windows_paths:
+        written, read = table.windows_paths[0]
+        print(
+            f"note: {len(table.windows_paths)} file_name(s) written with Windows backslashes, read with '/' "
+            f"({written} as {read})",
+            flush=True,
+        )
     learnable = (table.labels[rows["train"]] == 1).any(0)
     unlearnable = [c for c, ok in zip(table.classes, learnable) if not ok]
     if unlearnable:

@@ -22,7 +22,8 @@ def process(path: str | bytes, max_short_side: int | None) -> tuple[str, bytes |
 
     `path` may also be the encoded bytes themselves (the demo's PNGs): they are only verified.
     max_short_side: None keeps every readable RGB/grey JPEG byte for byte (the single-positive
-    datasets: the reference decodes those very bytes). An int re-encodes images whose shorter side
+    datasets: the reference decodes those very bytes), its EXIF orientation tag included, which both
+    decoders apply. An int re-encodes images whose shorter side
     is larger down to that side (OpenImages originals run to several megapixels: 512 px keeps the
     448 px training input and cuts the stream ~10x). Other formats and modes (CMYK, palette PNG,
     ...) are re-encoded as RGB JPEG, so that every stored image is an RGB or grey JPEG.
@@ -60,7 +61,8 @@ def _jpeg_to_store(data: bytes, max_short_side: int | None) -> bytes | str:
                 # DCT-domain downscale by 1/2, 1/4 or 1/8 while decoding, never below the target.
                 scale = max_short_side / min(w, h)
                 img.draft("RGB", (int(w * scale) + 1, int(h * scale) + 1))
-            img = img.convert("RGB")  # decodes
+            # Turned upright first: the JPEG written below carries no EXIF, so no orientation tag either.
+            img = images.upright(img).convert("RGB")  # decodes
             if shrink:
                 scale = max_short_side / min(img.size)
                 size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))

@@ -8,9 +8,15 @@ path relative to the image folder, as in Hugging Face's imagefolder metadata. Th
   - a `labels` column of the positive class names, separated by `|` (`--label_separator`), and
     optionally a `negatives` column likewise; every class not listed is unknown. In JSON lines a
     list of names does too. The classes are the names used, sorted, unless --class_names fixes them.
+    Read with the default separator, names that look joined by another one (`cat;dog` beside `cat`:
+    split at `;`, the names are fewer) are an error that names the --label_separator to pass: read
+    as they are, every combination of classes would silently become a class of its own. A separator
+    given with the flag, `|` included, is trusted.
 An optional `split` column holds train, validation or test. A UTF-8 byte-order mark, CRLF line
-ends and quoted fields (names with commas, even line breaks) are read as csv reads them. Rows that
-name one file twice are merged; a class known both ways, or two splits, is an error. Every error
+ends and quoted fields (names with commas, even line breaks) are read as csv reads them. A
+`file_name` written with Windows backslashes (`dogs\001.jpg`) is read with `/`, unless a file of
+that very name is in the image folder (a backslash is a legal file name character on Linux). Rows
+that name one file twice are merged; a class known both ways, or two splits, is an error. Every error
 is one line naming the file, the line and the column.
 """
 
@@ -22,12 +28,15 @@ import json
 import os
 import posixpath
 import re
+import shlex
 
 import numpy as np
 
 from bridgegap_jax.base.errors import UserError
 
 FILE_COLUMN, SPLIT_COLUMN, LABELS_COLUMN, NEGATIVES_COLUMN = "file_name", "split", "labels", "negatives"
+DEFAULT_SEPARATOR = "|"
+OTHER_SEPARATORS = (";", ",", "/")  # what a list joined by something else shows inside its "names"
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 SPLITS = ("train", "validation", "test")
 CELLS = {"1": 1, "0": 0, "-1": -1, "": -1}
@@ -51,14 +60,22 @@ class Table:
     lines: list[int]  # the line each image was first listed on
     merged: int  # rows merged into an earlier row of the same file
     ignored_columns: list[str]
+    windows_paths: list[tuple[str, str]]  # (file_name as written with backslashes, as read)
 
 
-def read_table(path: str, class_names: list[str] | None = None, separator: str = "|") -> Table:
-    """The table at `path`; `class_names` fixes the classes and their order (default: from the table)."""
+def read_table(
+    path: str, class_names: list[str] | None = None, separator: str | None = None, images: str | None = None
+) -> Table:
+    """The table at `path`; `class_names` fixes the classes and their order (default: from the table).
+
+    separator: between the names of a labels cell; None is DEFAULT_SEPARATOR, checked against names that
+    look joined by another one (one given is trusted). images: the image folder, where a file_name
+    with backslashes is looked up as written before it is read as a Windows path.
+    """
     fmt = FORMATS.get(os.path.splitext(path)[1].lower())
     if fmt is None:
         raise TableError(f"--labels={path}: the table must be a .csv, .tsv or .jsonl file")
-    if not separator:
+    if separator == "":
         raise TableError("--label_separator must not be empty")
     try:
         columns, rows = (_jsonl if fmt == "jsonl" else _delimited)(path, fmt)
@@ -80,7 +97,10 @@ def read_table(path: str, class_names: list[str] | None = None, separator: str =
         {LABELS_COLUMN, NEGATIVES_COLUMN} if layout == "lists" else set()
     )
     if layout == "lists":
-        classes = class_names or sorted(_listed_names(rows, separator, where))
+        listed = _listed_names(rows, separator or DEFAULT_SEPARATOR, where)
+        if separator is None and class_names is None:
+            _refuse_joined_names(listed, where)
+        classes = class_names or sorted(listed)
         used = set(reserved)
     else:
         classes = class_names or [c for c in columns if c not in reserved]
@@ -96,10 +116,13 @@ def read_table(path: str, class_names: list[str] | None = None, separator: str =
         )
     index = {name: c for c, name in enumerate(classes)}
 
+    separator = separator or DEFAULT_SEPARATOR
     first: dict[str, int] = {}
-    file_names, lines, labels, splits = [], [], [], []
+    file_names, lines, labels, splits, windows_paths = [], [], [], [], []
     for line, row in rows:
-        file_name = _file_name(row.get(FILE_COLUMN), where(line, FILE_COLUMN))
+        file_name = _file_name(row.get(FILE_COLUMN), where(line, FILE_COLUMN), images)
+        if "\\" in str(row.get(FILE_COLUMN)) and "\\" not in file_name:
+            windows_paths.append((row[FILE_COLUMN].strip(), file_name))
         values = np.full(len(classes), UNKNOWN, np.int8)
         if layout == "lists":
             for column, value in ((LABELS_COLUMN, 1), (NEGATIVES_COLUMN, 0)):
@@ -150,6 +173,7 @@ def read_table(path: str, class_names: list[str] | None = None, separator: str =
         lines=lines,
         merged=len(rows) - len(file_names),
         ignored_columns=[c for c in columns if c not in used],
+        windows_paths=windows_paths,
     )
 
 
@@ -218,19 +242,48 @@ def _jsonl(path: str, fmt: str) -> tuple[list[str], list[tuple[int, dict]]]:
     return list(columns), rows
 
 
-def _listed_names(rows, separator: str, where: _Where) -> set[str]:
-    """Every class name of the labels and negatives columns."""
-    names = set()
+def _listed_names(rows, separator: str, where: _Where) -> dict[str, tuple[int, str] | None]:
+    """Every class name of the labels and negatives columns -> the (line, column) of the first text cell
+    that holds it (None if only JSON lists do: those are not split at a separator)."""
+    names: dict[str, tuple[int, str] | None] = {}
     for line, row in rows:
         for column in (LABELS_COLUMN, NEGATIVES_COLUMN):
-            names.update(_names(row.get(column), separator, where(line, column)))
+            value = row.get(column)
+            for name in _names(value, separator, where(line, column)):
+                if names.get(name) is None:
+                    names[name] = (line, column) if isinstance(value, str) else None
     return names
 
 
-def _file_name(value, where: str) -> str:
+def _refuse_joined_names(names: dict[str, tuple[int, str] | None], where: _Where) -> None:
+    """TableError if the names read at DEFAULT_SEPARATOR look like lists joined by another separator:
+    text cells' names hold it, and split at it, the names are fewer (`a;b`, `b;c`, `a`, `c` are 3
+    names, not 4; `bird, small`, `cat` stay 3 parts for 2 names)."""
+    best = None
+    for candidate in OTHER_SEPARATORS:
+        joined = [name for name, cell in names.items() if cell is not None and candidate in name]
+        parts = {part.strip() for name in names for part in name.split(candidate) if part.strip()}
+        if joined and len(parts) < len(names) and (best is None or len(parts) < len(best[1])):
+            best = candidate, parts, joined
+    if best is None:
+        return
+    candidate, parts, joined = best
+    first = min(joined, key=lambda name: names[name][0])
+    raise TableError(
+        f"{where(*names[first])}: {first!r} looks like class names joined by {candidate!r}, not by the "
+        f"default {DEFAULT_SEPARATOR!r} (split at {candidate!r}, the table's {len(names)} names are "
+        f"{len(parts)}); pass --label_separator={shlex.quote(candidate)} (or "
+        f"--label_separator={shlex.quote(DEFAULT_SEPARATOR)} if {candidate!r} belongs inside the names)"
+    )
+
+
+def _file_name(value, where: str, images: str | None = None) -> str:
     if not isinstance(value, str) or not value.strip():
         raise TableError(f"{where}: no image path")
-    name = posixpath.normpath(value.strip())
+    name = value.strip()
+    if "\\" in name and not (images and os.path.isfile(os.path.join(images, name))):
+        name = name.replace("\\", "/")  # a Windows path; a file named with a backslash is kept above
+    name = posixpath.normpath(name)
     if name.startswith("/") or re.match(r"[A-Za-z]:", name) or name == ".." or name.startswith("../"):
         raise TableError(f"{where}: {value!r} is not a path inside the image folder (--images)")
     return name
