@@ -329,18 +329,18 @@ def test_both_decoders_turn_a_photo_upright_by_its_exif_orientation(orientation)
 
 
 def test_the_readme_pytorch_preprocessing_turns_a_photo_as_training_does(tmp_path):
-    """The README's PyTorch code reads image files itself: its OpenCV lines and the PIL expression it
+    """The PyTorch code of docs/own_data.md reads image files itself: its OpenCV lines and the PIL expression it
     gives for data.resize=pil make exactly what evaluation and predict decode, a turned photo included."""
     import re
 
     import cv2
     import PIL.Image
     import PIL.ImageOps
-    from helpers import ROOT, readme_python
+    from helpers import OWN_DATA_PAGE, ROOT, readme_python
 
     code = readme_python("load_file")
     loop = re.search(r"\n(\s+)image = cv2\..*\n\1batch\.append\(.*\)\n", code)[0]
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    with open(os.path.join(ROOT, OWN_DATA_PAGE), encoding="utf-8") as f:
         pil_line = re.search(r"resize with `(PIL\.[^`]*)` instead", f.read())[1]
     path = str(tmp_path / "portrait.jpg")
     with open(path, "wb") as f:
