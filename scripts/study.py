@@ -13,10 +13,11 @@
 
 Options: --runs DIR (default runs/study_<grid>), --seeds 0,1,2, --only NAME[,NAME] (grid entries),
 --list (print the runs and exit), and any --config.a.b=value, passed to every run (e.g. a
-data_dir). Each run is `python -m bridgegap_jax.main` in RUNS/<entry>_s<seed>; a finished run is
-only reported and an interrupted one resumes, so rerunning the command continues the study.
-The table is `python -m bridgegap_jax.report --seeds` of the runs. A grid that fine-tunes starts
-from its config's converted trunk (model.pretrained); a missing one is made first, once, by
+data_dir, or --config.model.pretrained=DIR: the trunk to fine-tune). Each run is `python -m
+bridgegap_jax.main` in RUNS/<entry>_s<seed>; a finished run is only reported and an interrupted one
+resumes, so rerunning the command continues the study. The table is `python -m bridgegap_jax.report
+--seeds` of the runs. A grid that fine-tunes starts from its config's converted trunk
+(model.pretrained, or the one given); a missing letters trunk is made first, once, by
 scripts/letters_trunk.py (train the letters, export the trunk, convert it).
 """
 
@@ -153,22 +154,50 @@ GRIDS = {
 }
 
 
+TRUNK_FLAG = "--config.model.pretrained="
+
+
+class StudyError(Exception):
+    """A study that cannot start; the message says what to give instead."""
+
+
 def trunk_command(config_file: str, entries: list[dict], passthrough: list[str]) -> list[str] | None:
     """The command that makes the converted trunk a fine-tuning grid starts from, if it is missing
     (scripts/letters_trunk.py: train the letters, export, convert; README, "A pretrained trunk made
-    offline"); None when the trunk is there or no entry needs it."""
+    offline"); None when the trunk is there or no entry needs it. The trunk is the config's
+    model.pretrained, or the last --config.model.pretrained= given."""
     from bridgegap_jax.model import pretrained
 
     module = __import__(config_file[:-3].replace("/", "."), fromlist=["get_config"])
     config = module.get_config()
-    path = config.model.pretrained
+    given = [flag[len(TRUNK_FLAG) :] for flag in passthrough if flag.startswith(TRUNK_FLAG)]
+    path = given[-1] if given else config.model.pretrained
     if not path or all(entry.get("model.pretrained", path) == "" for entry in entries):
         return None
     if os.path.isdir(os.path.join(os.path.expanduser(path), pretrained.VARIABLES_ITEM)):
         return None
-    weights = os.path.dirname(os.path.expanduser(path).rstrip("/"))
+    weights, name = os.path.split(os.path.expanduser(path).rstrip("/"))
+    if name != f"letters_resnet18_w{config.model.width}":  # not one that letters_trunk.py makes
+        raise StudyError(
+            f"{TRUNK_FLAG}{path}: no converted trunk there (no {pretrained.VARIABLES_ITEM}/ inside); give the "
+            "folder that `python -m bridgegap_jax.model.pretrained --out=DIR` wrote, or leave the flag out"
+        )
     data_dir = [flag for flag in passthrough if flag.startswith("--config.data.data_dir=")]
     return ["scripts/letters_trunk.py", f"--width={config.model.width}", f"--weights={weights}", *data_dir]
+
+
+def run_flags(config_file: str, workdir: str, seed: int, entry: dict, passthrough: list[str]) -> list[str]:
+    """main's flags for one run: the entry's overrides, then the command's; a given trunk goes only to the
+    entries that fine-tune (one that sets model.pretrained, e.g. '' from scratch, keeps its own)."""
+    if "model.pretrained" in entry:
+        passthrough = [flag for flag in passthrough if not flag.startswith(TRUNK_FLAG)]
+    return [
+        f"--config={config_file}",
+        f"--workdir={workdir}",
+        f"--config.seed={seed}",
+        *[f"--config.{key}={value}" for key, value in entry.items()],
+        *passthrough,
+    ]
 
 
 def main(argv: list[str]) -> int:
@@ -192,7 +221,10 @@ def main(argv: list[str]) -> int:
     missing = [n for n in names if n not in grid]
     if missing:
         parser.error(f"--only: {', '.join(missing)} not in the grid ({', '.join(grid)})")
-    make_trunk = trunk_command(config, [grid[n] for n in names], passthrough)
+    try:
+        make_trunk = trunk_command(config, [grid[n] for n in names], passthrough)
+    except StudyError as error:
+        parser.error(str(error))
     if make_trunk and args.list:
         print("python " + " ".join(make_trunk) + "   # the missing trunk, made first")
     elif make_trunk:  # made on demand, once: later studies find it
@@ -208,13 +240,7 @@ def main(argv: list[str]) -> int:
     for name in names:
         for seed in seeds:
             workdir = os.path.join(runs, f"{name}_s{seed}")
-            flags = [
-                f"--config={config}",
-                f"--workdir={workdir}",
-                f"--config.seed={seed}",
-                *[f"--config.{key}={value}" for key, value in grid[name].items()],
-                *passthrough,
-            ]
+            flags = run_flags(config, workdir, seed, grid[name], passthrough)
             workdirs.append(workdir)
             if args.list:
                 print("python -m bridgegap_jax.main " + " ".join(flags))

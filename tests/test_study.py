@@ -30,3 +30,25 @@ def test_a_fine_tuning_grid_without_its_trunk_makes_it_first(tmp_path):
     scratch = run("scripts/study.py", "finetune", "--only=an-scratch", "--list", env=home)
     assert "letters_trunk" not in scratch.stdout  # no entry of it needs the trunk
     assert "--config.model.pretrained= " in scratch.stdout and "--config.train.lr=0.001" in scratch.stdout
+
+
+def test_a_given_trunk_is_the_one_the_study_uses_and_makes(tmp_path):
+    home = {**os.environ, "HOME": str(tmp_path)}  # the config's ~/bridgegap_weights is missing
+    trunk = tmp_path / "mine" / "letters_resnet18_w8"
+    flag = f"--config.model.pretrained={trunk}"
+    listed = run("scripts/study.py", "finetune_batch", "--list", "--seeds=0", flag, env=home)
+    assert listed.returncode == 0, listed.stderr
+    first, *lines = listed.stdout.splitlines()  # the missing trunk is made where it was given
+    assert first.startswith(f"python scripts/letters_trunk.py --width=8 --weights={tmp_path / 'mine'}")
+    assert len(lines) == 2 + 3 * 9 and all(line.endswith(flag) for line in lines)
+
+    (trunk / "variables").mkdir(parents=True)  # there now: nothing to make
+    listed = run("scripts/study.py", "finetune_batch", "--list", "--seeds=0", flag, env=home)
+    assert listed.returncode == 0 and "letters_trunk" not in listed.stdout, listed.stderr
+
+    elsewhere = f"--config.model.pretrained={tmp_path / 'resnet18'}"  # missing, and not a letters trunk
+    refused = run("scripts/study.py", "finetune_batch", "--list", elsewhere, env=home)
+    assert refused.returncode == 2 and f"{elsewhere}: no converted trunk there" in refused.stderr
+
+    scratch = run("scripts/study.py", "finetune", "--only=an-scratch", "--list", flag, env=home)
+    assert "--config.model.pretrained= " in scratch.stdout and flag not in scratch.stdout  # its own ''
