@@ -11,7 +11,7 @@
     python scripts/study.py finetune_lr --seeds 0        # the fine-tuning lr sweeps of those two configs
     python scripts/study.py finetune_batch_lr --seeds 0
     python scripts/study.py steps_to_target  # steps to batch 16's validation target at batch 16 to 4,096
-                                             # (configs/demo_xl_finetune.py; seed 0)
+                                             # (configs/demo_xl.py; seed 0)
     python scripts/study.py steps_to_target --table --plot --noise_scale=B   # the curve so far, no training
 
 Options: --runs DIR (default runs/study_<grid>), --seeds 0,1,2 (steps_to_target: 0), --only
@@ -148,7 +148,7 @@ def finetune_batch_grid() -> dict:
     return grid
 
 
-# The steps-to-target curve (configs/demo_xl_finetune.py: 65,536 training mosaics, so 16 to 4,096 all
+# The steps-to-target curve (configs/demo_xl.py: 65,536 training mosaics, so 16 to 4,096 all
 # divide an epoch): batch -> (epochs of its budget, lr factors of its sweep). The budgets give each
 # batch several times the steps that perfect scaling from batch 16 would need.
 STEPS_BUDGET_EPOCHS = {16: 2, 64: 2, 256: 3, 1024: 4, 4096: 8}
@@ -159,9 +159,9 @@ def steps_entry(batch: int, optimizer: str, factor: float, epochs: int, scaling:
     """Batch 16: the protocol (Adam, constant lr). Larger: `optimizer` at `factor` x the config's Adam lr,
     `scaling` from batch 16, a warm-up over the first eighth of the budget and cosine decay to 0 at its
     end (the finetune_batch grid's 1 of 8 epochs), BatchNorm and large-loss ranking in groups of 16."""
-    from configs import demo_xl_finetune
+    from configs import demo_xl
 
-    lr = float(f"{demo_xl_finetune.get_config().train.lr * factor:.6g}")
+    lr = float(f"{demo_xl.get_config().train.lr * factor:.6g}")
     overrides = {
         "train.batch_size": batch,
         "train.num_epochs": epochs,
@@ -228,7 +228,7 @@ GRIDS = {
     "finetune_batch": ("configs/demo_large_finetune.py", finetune_batch_grid),
     "finetune_lr": ("configs/demo_finetune.py", lr_sweep),
     "finetune_batch_lr": ("configs/demo_large_finetune.py", lr_sweep),
-    "steps_to_target": ("configs/demo_xl_finetune.py", steps_grid),
+    "steps_to_target": ("configs/demo_xl.py", steps_grid),
 }
 
 

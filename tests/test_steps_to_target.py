@@ -23,11 +23,11 @@ curve = load_script("steps_to_target")
 
 
 def fake_run(workdir, overrides: dict, validations: list, test_map=None, kind="step_validation"):
-    """A run of configs/demo_xl_finetune.py with `overrides`, its `validations` [(step, mAP)] recorded as
+    """A run of configs/demo_xl.py with `overrides`, its `validations` [(step, mAP)] recorded as
     `kind` between training records, and a result when `test_map` is given."""
-    from configs import demo_xl_finetune
+    from configs import demo_xl
 
-    config = demo_xl_finetune.get_config()
+    config = demo_xl.get_config()
     for key, value in overrides.items():
         section, name = key.split(".")
         config[section][name] = value

@@ -60,7 +60,7 @@ def test_the_steps_to_target_study_trains_batch_16_first_then_the_largest_batche
     lines = [line for line in listed.stdout.splitlines() if "bridgegap_jax.main" in line]
     batches = [int(line.split("--config.train.batch_size=")[1].split()[0]) for line in lines]
     assert batches[:5] == [16, 4096, 1024, 256, 64] and sorted(set(batches)) == [16, 64, 256, 1024, 4096]
-    assert all("--config=configs/demo_xl_finetune.py" in line and "_s0 " in line for line in lines)
+    assert all("--config=configs/demo_xl.py" in line and "_s0 " in line for line in lines)
     assert "--config.train.validate_every_steps=128" in lines[0] and "optimizer" not in lines[0]
     large = lines[1]  # LARS x1,000 with sqrt scaling, a warm-up of the first eighth, cosine, groups of 16
     for flag in ("optimizer=lars", "lr=0.3", "lr_scaling=sqrt", "warmup_epochs=1.0", "lr_decay=cosine"):
