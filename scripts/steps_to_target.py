@@ -3,8 +3,9 @@
 Shallue et al. 2019 ("Measuring the Effects of Data Parallelism on Neural Network Training") measure,
 for each batch, the fewest steps that reach a fixed validation target: perfect scaling halves them at
 each doubling of the batch, then the gain shrinks, then stops. Here the target is batch 16's best
-validation mAP (the protocol's run) minus TARGET_MARGIN; a run's steps to it are the step of its first
-validation at or above it (metrics.jsonl: the epochs' ends and every train.validate_every_steps). Each
+validation mAP (the protocol's run: the epoch its model selection keeps, result.json) minus
+TARGET_MARGIN; a run's steps to it are the step of its first validation at or above it (metrics.jsonl:
+the epochs' ends and every train.validate_every_steps). Each
 batch is shown by its run with the fewest steps to the target, or, where none reached it, by the one
 with the best validation mAP; its test mAP is its run's (the best epoch's checkpoint, the protocol's).
 """
@@ -39,7 +40,11 @@ class CurveRun:
     budget_steps: int
     validations: list[tuple[int, float]]  # (step, validation mAP) in step order
     test_map: float | None  # None until the run is finished
-    finished: bool
+    selected_val_map: float | None  # the validation mAP of the epoch the test used (result.json)
+
+    @property
+    def finished(self) -> bool:
+        return self.test_map is not None
 
     @property
     def best_val_map(self) -> float | None:
@@ -95,15 +100,16 @@ def read_run(workdir: str, name: str) -> CurveRun | None:
         budget_steps=config["train.num_epochs"] * -(-num_train // batch),
         validations=validations,
         test_map=None if result is None else result["test_map"],
-        finished=result is not None,
+        selected_val_map=None if result is None else result["best_val_map"],
     )
 
 
 def target_of(reference: CurveRun | None) -> float | None:
-    """Batch 16's best validation mAP minus TARGET_MARGIN, once its run is finished."""
-    if reference is None or not reference.finished or reference.best_val_map is None:
+    """Batch 16's best epoch's validation mAP minus TARGET_MARGIN, once its run is finished. (The best of
+    every validation would be the highest of many noisy values, the epochs' best is the protocol's.)"""
+    if reference is None or not reference.finished:
         return None
-    return reference.best_val_map - TARGET_MARGIN
+    return reference.selected_val_map - TARGET_MARGIN
 
 
 def curve(runs: list[CurveRun], target: float) -> dict[int, CurveRun]:

@@ -371,8 +371,8 @@ def print_curve(workdirs: dict, reference_dir: str, plot_path: str | None, noise
         print(f"the target comes from {reference_dir} once it is finished: none yet")
     else:
         print(
-            f"target: validation mAP >= {target:.2f} ({reference.name}'s best, {reference.best_val_map:.2f}, "
-            f"minus {curve.TARGET_MARGIN:g})"
+            f"target: validation mAP >= {target:.2f} ({reference.name}'s best epoch, "
+            f"{reference.selected_val_map:.2f}, minus {curve.TARGET_MARGIN:g})"
         )
     print(curve.table([run for run in runs.values() if run is not None], target))
     print("\n* the batch's run on the curve; made by: python scripts/study.py steps_to_target")
