@@ -21,6 +21,7 @@ from bridgegap_jax.report import flatten, read_records
 from bridgegap_jax.run.rundir import RunDir
 
 TARGET_MARGIN = 1.0  # mAP below batch 16's best validation
+SMOOTHED = 3  # the table's second count: the mean of this many validations in a row reaches the target
 REFERENCE_BATCH = 16
 PLATEAU_GAIN = 0.5  # at most this much better in the last quarter of the budget: a plateau
 SCALING_EXPONENT = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
@@ -50,9 +51,14 @@ class CurveRun:
     def best_val_map(self) -> float | None:
         return max((value for _, value in self.validations), default=None)
 
-    def steps_to(self, target: float) -> int | None:
-        """The step of the first validation at or above `target` (None: not reached so far)."""
-        return next((step for step, value in self.validations if value >= target), None)
+    def steps_to(self, target: float, window: int = 1) -> int | None:
+        """The step of the first validation at or above `target` (None: not reached so far); with
+        `window`, the first whose mean with the `window` - 1 before it is (a fluctuation counts less)."""
+        values = [value for _, value in self.validations]
+        for i in range(window - 1, len(values)):
+            if sum(values[i - window + 1 : i + 1]) / window >= target:
+                return self.validations[i][0]
+        return None
 
     def last_quarter_gain(self) -> float:
         """How much better the best validation of the budget's last quarter is than the best before it."""
@@ -142,17 +148,24 @@ def outcome(run: CurveRun, target: float) -> str:
 def table(runs: list[CurveRun], target: float | None) -> str:
     """The markdown table: every run, batch by batch, the batch's run on the curve first (marked *)."""
     header = (
-        "| batch | run | recipe | lr (peak) | budget | steps to target | best val mAP | test mAP "
-        "| fewer steps than batch 16 | perfect scaling |"
+        f"| batch | run | recipe | lr (peak) | budget | steps to target | mean of {SMOOTHED} | best val mAP "
+        f"| test mAP | fewer steps than batch 16 (mean of {SMOOTHED}) | perfect scaling |"
     )
-    lines = [header, "|--:|---|---|---|--:|--:|--:|--:|--:|--:|"]
+    lines = [header, "|--:|---|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     chosen = curve(runs, target) if target is not None else {}
     reference = chosen.get(REFERENCE_BATCH)
-    reference_steps = reference.steps_to(target) if reference is not None else None
-    ordered = sorted(runs, key=lambda run: (run.batch, run is not chosen.get(run.batch)))
-    for run in ordered:
-        steps = run.steps_to(target) if target is not None else None
-        ratio = f"{reference_steps / steps:.1f}x" if steps and reference_steps else ""
+
+    def counts(run):  # (steps to the target, with the mean of SMOOTHED validations)
+        if run is None or target is None:
+            return None, None
+        return run.steps_to(target), run.steps_to(target, SMOOTHED)
+
+    first, smoothed = counts(reference)
+    for run in sorted(runs, key=lambda run: (run.batch, run is not chosen.get(run.batch))):
+        steps, steps_smoothed = counts(run)
+        ratio = f"{first / steps:.1f}x" if steps and first else ""
+        if steps_smoothed and smoothed:
+            ratio += f" ({smoothed / steps_smoothed:.1f}x)"
         best = run.best_val_map
         cells = [
             f"{run.batch}{'*' if run is chosen.get(run.batch) else ''}",
@@ -161,6 +174,7 @@ def table(runs: list[CurveRun], target: float | None) -> str:
             f"{run.lr:g} ({run.peak_lr:.3g})",
             f"{run.epochs} ep, {run.budget_steps:,} steps",
             outcome(run, target) if target is not None else "(no target yet)",
+            f"{steps_smoothed:,}" if steps_smoothed else "",
             "" if best is None else f"{best:.2f}",
             "" if run.test_map is None else f"{run.test_map:.2f}",
             ratio,

@@ -78,6 +78,7 @@ def test_the_steps_to_target_are_those_of_the_first_validation_at_or_above_it(tm
     target = curve.target_of(b16)
     assert target == 93.0 and b16.best_val_map == 94.5 and b16.budget_steps == 8192
     assert [run.steps_to(target) for run in runs] == [24 * 128, 43, None, None, None]
+    assert [run.steps_to(target, 3) for run in runs] == [31 * 128, 44, None, None, None]  # means of 3
     assert b4096.budget_steps == 128 and b4096.peak_lr == 0.3 * 16 and b4096.test_map == 94.4
     assert curve.target_of(b64) is None  # unfinished: no target from it
     epoch_ends = fake_run(str(tmp_path / "epochs"), {}, [(4096, 93.2), (8192, 94.1)], kind="validation")
@@ -86,13 +87,15 @@ def test_the_steps_to_target_are_those_of_the_first_validation_at_or_above_it(tm
     lines = {line.split(" | ")[1]: line for line in curve.table(runs, target).splitlines()[2:]}
     assert (
         lines["b16"].startswith("| 16* | b16 | adam |")
-        and "| 3,072 | 94.50 | 95.10 | 1.0x | 1x |" in lines["b16"]
+        and "| 3,072 | 3,968 | 94.50 | 95.10 | 1.0x (1.0x) | 1x |" in lines["b16"]
     )
-    assert "| lars, sqrt scaling, warm-up 1 ep | 0.3 (4.8) | 8 ep, 128 steps | 43 | 95.00" in lines["b4096"]
-    assert lines["b4096"].endswith("| 94.40 | 71.4x | 256x |")
-    assert "| not reached (plateau 90.00) | 90.00 | 91.00 |  | 64x |" in lines["b1024"]
+    assert (
+        "| lars, sqrt scaling, warm-up 1 ep | 0.3 (4.8) | 8 ep, 128 steps | 43 | 44 | 95.00" in lines["b4096"]
+    )
+    assert lines["b4096"].endswith("| 94.40 | 71.4x (90.2x) | 256x |")
+    assert "| not reached (plateau 90.00) |  | 90.00 | 91.00 |  | 64x |" in lines["b1024"]
     assert "| not reached (69.60, +2.40 in the last quarter: more steps) |" in lines["b256"]
-    assert "| not yet (75.50 by step 64) | 75.50 |  |  | 4x |" in lines["b64"]
+    assert "| not yet (75.50 by step 64) |  | 75.50 |  |  | 4x |" in lines["b64"]
 
 
 def test_the_command_prints_the_curve_and_draws_it(tmp_path):
@@ -112,7 +115,7 @@ def test_the_command_prints_the_curve_and_draws_it(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert f"target: validation mAP >= 93.00 ({names[0]}_s0's best epoch, 94.00, minus 1)" in done.stdout
-    assert f"| 4096* | {names[1]}_s0 |" in done.stdout and "| 71.4x | 256x |" in done.stdout
+    assert f"| 4096* | {names[1]}_s0 |" in done.stdout and "| 71.4x (90.2x) | 256x |" in done.stdout
     assert "python scripts/study.py steps_to_target" in done.stdout and f"plot: {plot}" in done.stdout
     assert png_size(plot)[0] > 300
     only = run("scripts/study.py", "steps_to_target", "--table", f"--runs={runs}", f"--only={names[1]}")
