@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.warmup_epochs = 0.0
     config.train.lr_decay = "none"
     config.train.eval_batch_size = 64
+    # Also validate every N training steps (0: only at each epoch's end, the protocol): recorded in
+    # metrics.jsonl as 'step_validation' (steps-to-target curves); the best checkpoint stays per epoch.
+    config.train.validate_every_steps = 0
     config.train.log_every_steps = 100
     config.train.checkpoint_every_steps = 1000
     # A non-finite loss or gradient: 'stop' the run (nothing non-finite is saved), or 'skip' the step.

@@ -46,6 +46,7 @@ CASES = [
     ("train.num_epochs", 0, {}, "must be an integer >= 1"),
     ("train.log_every_steps", 0, {}, "must be an integer >= 1"),
     ("train.checkpoint_every_steps", 0, {}, "must be an integer >= 1"),
+    ("train.validate_every_steps", -1, {}, "must be 0 (validate at each epoch's end only)"),
     ("train.lr", 0.0, {}, "must be > 0"),
     ("train.head_lr_mult", float("nan"), {}, "must be > 0"),
     ("train.optimizer", "sgd", {}, "must be one of adam, lamb, lars"),

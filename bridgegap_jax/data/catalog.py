@@ -40,6 +40,9 @@ DATASETS = {
     "demo_large": DatasetSpec(
         "bridgegap_demo_large", 10, "single_positive", "nothing: 8x the demo's mosaics"
     ),
+    "demo_xl": DatasetSpec(
+        "bridgegap_demo_xl", 10, "single_positive", "nothing: demo_large's 12,800 mosaics and more, 65,536"
+    ),
     "letters": DatasetSpec(
         "bridgegap_letters", 26, "single_positive", "nothing: letters drawn with Pillow's bundled fonts"
     ),
@@ -67,7 +70,7 @@ DATASETS = {
 
 # Drawn when first used (by `python -m bridgegap_jax.prepare NAME`: build_built_in), nothing to download:
 # digits from scikit-learn, letters.
-BUILT_IN = ("demo", "demo_large", "letters")
+BUILT_IN = ("demo", "demo_large", "demo_xl", "letters")
 
 # Which stored value means "unobserved" in each label encoding.
 UNOBSERVED_VALUE = {"single_positive": 0, "partial": -1}

@@ -2,7 +2,7 @@
 
 from bridgegap_jax.prepare import demo, letters, mosaics
 
-SETS = {s.name: s for s in (demo.DEMO, demo.DEMO_LARGE, letters.LETTERS)}
+SETS = {s.name: s for s in (demo.DEMO, demo.DEMO_LARGE, demo.DEMO_XL, letters.LETTERS)}
 
 
 def build(data_dir: str, name: str, overwrite: bool = False) -> str:

@@ -4,7 +4,7 @@ r"""Prepare a dataset once from its official downloads into a tfds folder that t
         --source=<downloads> --data_dir=<tfds data_dir> [--workers=N] [--overwrite]
     python -m bridgegap_jax.prepare <voc|coco|cub|nuswide> \
         --source=<folder with formatted_*_{images,labels}.npy> --images=<image root>
-    python -m bridgegap_jax.prepare <demo|demo_large|letters> --data_dir=<tfds data_dir>
+    python -m bridgegap_jax.prepare <demo|demo_large|demo_xl|letters> --data_dir=<tfds data_dir>
     python -m bridgegap_jax.prepare folder --images=<image folder> --labels=<table .csv|.tsv|.jsonl> \
         --name=<NAME> --data_dir=<tfds data_dir>
         (your own data: prepare/folder.py, prepare/table.py)

@@ -7,6 +7,7 @@ The train split carries single-positive observed labels (Cole et al. generator, 
 `observation.py`); validation/test carry the full labels.
 """
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -70,6 +71,10 @@ DEMO_LARGE = mosaics.MosaicSet(
     True,
     _DESCRIPTION,
 )
+# demo_large's mosaics and more: 2^16 training mosaics, so every batch from 16 to 4,096 divides an
+# epoch, with demo_large's as the first 12,800 and its validation and test splits (the builder is seeded
+# per split: the first mosaics are the same for any count). For steps-to-target curves up to 4,096.
+DEMO_XL = dataclasses.replace(DEMO_LARGE, name="demo_xl", sizes={**DEMO_LARGE.sizes, "train": 65536})
 
 
 def make_mosaics(split: str, count: int | None = None) -> dict:

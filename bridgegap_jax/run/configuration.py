@@ -169,6 +169,11 @@ RULES = (
             "checkpoint_every_steps",
         )
     ),
+    Rule(
+        "train.validate_every_steps",
+        _at_least(0),
+        "must be 0 (validate at each epoch's end only) or a number of training steps",
+    ),
     Rule("train.lr", _positive, "must be > 0"),
     Rule("train.head_lr_mult", _positive, "must be > 0"),
     one_of("train.optimizer", optimizer_lib.OPTIMIZERS),

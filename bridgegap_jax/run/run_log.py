@@ -17,6 +17,10 @@ from etils import epath
 
 from bridgegap_jax.run.rundir import METRICS_FILE, TENSORBOARD_DIR, RunDir, json_number, write_atomically
 
+# Records made at a training step (a resumed run keeps those up to its checkpoint's step); validations
+# at an epoch's end are kept by epoch.
+STEP_KINDS = ("train", "config", "step_validation")
+
 
 def _import_tensorboardx():
     # tensorboardX imports torch whenever torch is installed (seconds, and a GPU context) only to
@@ -75,8 +79,8 @@ class RunLog:
         self._events = EventFile(str(run_dir.file(TENSORBOARD_DIR)), step + 1)
 
     def _truncate(self, step: int, epoch: int) -> None:
-        """Keep what the checkpoint at (step, epoch) has done: training records (and config changes) up
-        to its step and the validations of the epochs before; a crash may have written more, which
+        """Keep what the checkpoint at (step, epoch) has done: the records of STEP_KINDS up to its step
+        and the validations of the epochs before; a crash may have written more, which
         will be done again."""
         if not self.path.exists():
             return
@@ -86,7 +90,7 @@ class RunLog:
                 record = json.loads(line)
             except ValueError:  # a line cut by a crash
                 continue
-            if (record.get("kind") in ("train", "config") and record.get("step", 0) <= step) or (
+            if (record.get("kind") in STEP_KINDS and record.get("step", 0) <= step) or (
                 record.get("kind") == "validation" and record.get("epoch", 0) < epoch
             ):
                 kept.append(line)

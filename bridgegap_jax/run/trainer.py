@@ -220,7 +220,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int, batches) -> None:
         """The rest of `epoch` from progress.step_in_epoch, with mid-epoch checkpoints."""
-        config, progress = self.config, self.progress
+        config, progress, every = self.config, self.progress, self.config.train.validate_every_steps
         self.epoch_start = self.clock.elapsed()
 
         def observed(stream):  # the scheme's host state may change the labels (LL-Cp's corrections)
@@ -247,7 +247,10 @@ class Trainer:
                 window = []
             if not last and step_in_epoch % config.train.checkpoint_every_steps == 0:
                 self.save_latest()
-            if self.stop_check.after_step((epoch - 1) * self.steps_per_epoch + step_in_epoch):
+            step = (epoch - 1) * self.steps_per_epoch + step_in_epoch
+            if every and not last and step % every == 0:  # the epoch's end validates anyway
+                self.validate_within(epoch, step_in_epoch, step)
+            if self.stop_check.after_step(step):
                 raise stopping.StopRequested
         self.host_state.flush()
         taken = progress.step_in_epoch - first
@@ -295,10 +298,10 @@ class Trainer:
 
     def _eta(self) -> str:
         """', ETA h:mm:ss' for the rest of the run, from where it stands (once a pace is known)."""
-        epochs = self.config.train.num_epochs
-        seconds = self.clock.eta(
-            self.progress.steps_left(epochs, self.steps_per_epoch), self.progress.evaluations_left(epochs)
-        )
+        epochs, every = self.config.train.num_epochs, self.config.train.validate_every_steps
+        steps_left = self.progress.steps_left(epochs, self.steps_per_epoch)
+        evaluations = self.progress.evaluations_left(epochs) + (steps_left // every if every else 0)
+        seconds = self.clock.eta(steps_left, evaluations)
         return "" if seconds is None else f", ETA {hms(seconds)}"
 
     def validate(self, epoch: int, batches) -> None:
@@ -318,16 +321,24 @@ class Trainer:
             f" loss {val['loss']:.4f}{'; ' + extra if extra else ''} | epoch "
             f"{hms(elapsed - self.epoch_start)} | {hms(elapsed)} elapsed{self._eta()}"
         )
-        self.log.record(
-            "validation",
-            int(state.step),
-            epoch=epoch,
-            map=val["map"],
-            map_with_positives=val["map_with_positives"],
-            loss=val["loss"],
-        )
+        self._record_validation("validation", int(state.step), epoch, val)
         self.save_latest()
         self.heartbeat()
+
+    def validate_within(self, epoch: int, step_in_epoch: int, step: int) -> None:
+        """A validation inside the epoch (train.validate_every_steps); the best checkpoint stays per epoch."""
+        plan = input_pipeline.eval_plan(self.dataset, "validation", self.options)
+        reader = input_pipeline.BatchReader(self.dataset, plan, self.options)  # read here, between steps
+        with self.clock.paused():
+            val = self._evaluate("validation", self.state.model_vars(), map(reader, range(len(reader))))
+        self.log.line(
+            f"epoch {epoch} step {step_in_epoch}/{self.steps_per_epoch}: validation mAP {val['map']:.2f}"
+        )
+        self._record_validation("step_validation", step, epoch, val)
+        self.heartbeat()
+
+    def _record_validation(self, kind: str, step: int, epoch: int, val: dict) -> None:
+        self.log.record(kind, step, epoch=epoch, **{k: val[k] for k in ("map", "map_with_positives", "loss")})
 
     def _evaluate(self, split: str, model_vars, batches) -> dict:
         size = self.dataset.split_sizes[split]
