@@ -4,7 +4,9 @@ One row per workdir: the config fields that differ between the runs (dotted name
 epoch, validation and test mAP (and OpenImages' frequency groups), the wall time and whether the
 run has finished; the fields all runs share are listed once under the table. With --seeds, runs
 that differ only in `seed` make one row of mean ± sample std over their finished runs (n shown).
-Reads local and gs:// workdirs alike, without importing JAX.
+Under it, each run's gradient noise scale: the mean of the values it logged in its last epoch, and
+which batches it says use their steps efficiently. Reads local and gs:// workdirs alike, without
+importing JAX.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import statistics
 import sys
 
 from bridgegap_jax.base.errors import UserError
+from bridgegap_jax.run import noise_scale
 from bridgegap_jax.run.clock import hms
 from bridgegap_jax.run.rundir import CONFIG_FILE, METRICS_FILE, RunDir
 
@@ -105,6 +108,26 @@ def training_pace(records: list[dict]) -> tuple[int | None, float | None]:
     train = [r for r in records if r.get("kind") == "train"]
     rates = [r["images_per_second"] for r in train[1:] if r.get("images_per_second")]
     return (max((r["step"] for r in train), default=None), statistics.median(rates) if rates else None)
+
+
+def noise_scale_line(workdir: str, records: list[dict]) -> str | None:
+    """The run's noise scale over its last epoch: the mean of the values logged there (each is already
+    smoothed over the log points before it; those still unknown are counted apart); None for a run that
+    logged none (made before the noise scale was measured, or with config.train.noise_scale_parts=0)."""
+    logged = [r for r in records if r.get("kind") == "train" and "noise_scale" in r]
+    if not logged:
+        return None
+    epoch = max(r.get("epoch", 0) for r in logged)
+    values = [r["noise_scale"] for r in logged if r.get("epoch", 0) == epoch]
+    known = [value for value in values if value is not None]
+    if not known:
+        return f"noise scale of {workdir}: unknown in epoch {epoch}: {noise_scale.meaning(None)}"
+    value = statistics.mean(known)
+    unknown = f"; {len(values) - len(known)} more unknown" if len(known) < len(values) else ""
+    return (
+        f"noise scale of {workdir}: {noise_scale.text(value)} (mean of the {len(known)} value(s) logged in "
+        f"epoch {epoch}{unknown}): {noise_scale.meaning(value)}"
+    )
 
 
 def split_fields(configs: list[dict]) -> tuple[list[str], dict]:
@@ -240,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     print(seed_table(runs) if args.seeds else run_table(runs))
+    lines = [noise_scale_line(run.workdir, read_records(RunDir(run.workdir))) for run in runs]
+    if any(lines):
+        print("\n" + "\n".join(line for line in lines if line))
     return 0
 
 

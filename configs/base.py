@@ -67,6 +67,12 @@ def get_config() -> ml_collections.ConfigDict:
     # metrics.jsonl as 'step_validation' (steps-to-target curves); the best checkpoint stays per epoch.
     config.train.validate_every_steps = 0
     config.train.log_every_steps = 100
+    # The gradient noise scale B_simple (run/noise_scale.py), measured at every log point: the batch's
+    # gradient is taken again in this many equal parts (on one device; on several, one per device), at
+    # the cost of one forward and backward pass of the batch per log point. 4: parts of 4 rows at the
+    # protocol's batch of 16, 3 degrees of freedom for the spread of the parts' gradients, while
+    # BatchNorm still normalises over several images. 0 = off.
+    config.train.noise_scale_parts = 4
     config.train.checkpoint_every_steps = 1000
     # A non-finite loss or gradient: 'stop' the run (nothing non-finite is saved), or 'skip' the step.
     config.train.nonfinite = "stop"

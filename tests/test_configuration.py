@@ -56,6 +56,7 @@ CASES = [
     ("train.lr_scaling", "cubic", {}, "must be one of none, sqrt, linear (from the protocol's batch of 16)"),
     ("train.warmup_epochs", 3.0, {"train.num_epochs": 2}, "must be between 0 and train.num_epochs"),
     ("train.lr_decay", "linear", {}, "must be one of none, cosine"),
+    ("train.noise_scale_parts", 1, {}, "must be 0 (no noise scale) or the number of parts (>= 2)"),
 ]
 
 

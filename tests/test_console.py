@@ -15,7 +15,8 @@ TIME = r"\d+:\d\d:\d\d"
 OUR_LINES = {
     "describe": r"training demo: 1600 images, 25 steps/epoch x 1 epochs, .* on \d+ device\(s\)",
     "resume": r"resuming \S+ at step \d+: epoch \d+, step \d+ of 25",
-    "progress": rf"epoch 1/1 step \d+/25 \| loss \d+\.\d{{4}} grad_norm \d+\.\d{{4}} k \d+ selected \d+ \| \d+\.\d img/s \| "
+    "progress": rf"epoch 1/1 step \d+/25 \| loss \d+\.\d{{4}} grad_norm \d+\.\d{{4}} noise (\d+(\.\d+)?|-) k \d+ "
+    rf"selected \d+ \| \d+\.\d img/s \| "
     rf"{TIME} elapsed(, ETA {TIME})?",
     "validation": rf"epoch 1/1: validation mAP \d+\.\d\d( \(best\))? loss \d+\.\d{{4}}(; [^|]+)? \| "
     rf"epoch {TIME} \| {TIME} elapsed(, ETA {TIME})?",

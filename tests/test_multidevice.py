@@ -30,7 +30,7 @@ def test_multidevice_tests_pass_on_8_virtual_devices(demo_data_dir, tmp_path):
     print(child.stdout[-3000:])
     assert child.returncode == 0, f"child pytest failed:\n{child.stdout[-20000:]}\n{child.stderr[-5000:]}"
     summary = child.stdout.strip().splitlines()[-1]
-    assert re.match(r"^7 passed in ", summary), summary  # every multi-device test ran; none skipped
+    assert re.match(r"^8 passed in ", summary), summary  # every multi-device test ran; none skipped
 
 
 def test_multi_process_flags_need_distributed_and_shared_storage(monkeypatch):

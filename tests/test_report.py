@@ -185,6 +185,37 @@ def test_seeds_groups_runs_that_differ_only_in_seed(tmp_path, capsys):
     assert "seed=" not in common and "loss.scheme=LL-R" in common
 
 
+def test_each_run_s_noise_scale_over_its_last_epoch_is_printed_under_the_table(tmp_path, capsys):
+    """The mean of the values its last epoch logged (unknown ones counted apart), and what it means; a
+    run that logged none (older, or measured with noise_scale_parts=0) adds nothing."""
+
+    def train(step, epoch, noise):
+        return {"kind": "train", "step": step, "epoch": epoch, "loss": 0.3, "noise_scale": noise}
+
+    measured = workdir(
+        tmp_path / "measured",
+        config(),
+        result(61.0),
+        records=[train(25, 1, None), train(50, 1, 40.0), train(75, 2, 300.2), train(100, 2, None)]
+        + [train(125, 2, 340.0), {"kind": "validation", "step": 125, "epoch": 2, "map": 60.0}],
+    )
+    unknown = workdir(tmp_path / "unknown", config(seed=1), records=[train(25, 1, 40.0), train(50, 2, None)])
+    older = workdir(tmp_path / "older", config(seed=2), result(60.0), records=[{"kind": "train", "step": 5}])
+    assert report.main([measured, unknown, older]) == 0
+    out = capsys.readouterr().out
+    assert parse(out)[0][0] == "run"  # the table as before, then:
+    assert out.endswith(
+        "\n\n"
+        f"noise scale of {measured}: 320 (mean of the 2 value(s) logged in epoch 2; 1 more unknown): batches up "
+        "to about 320 use their steps efficiently; past it each doubling of the batch buys less than 2x fewer "
+        "steps\n"
+        f"noise scale of {unknown}: unknown in epoch 2: the gradient was not told apart from its noise: the noise "
+        "scale is beyond what this batch measures (a larger batch, or more log points, can)\n"
+    )
+    assert report.main([older]) == 0
+    assert "noise scale of" not in capsys.readouterr().out
+
+
 def test_config_values_read_as_typed():
     """Floats made by multiplying (a grid's lr x factor) read as the number meant; others as written."""
     assert report.value_text(3e-4 * 1e4) == "3.0" and 3e-4 * 1e4 != 3.0

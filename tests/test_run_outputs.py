@@ -73,7 +73,16 @@ def test_metrics_jsonl_is_strict_json_with_a_wall_time(finished_run):
     ]
     for record in records:
         assert start <= record["wall_time"] <= end
-    assert {"loss", "grad_norm", "k", "num_selected", "lr", "images_per_second", "epoch"} <= set(records[0])
+    assert {
+        "loss",
+        "grad_norm",
+        "noise_scale",
+        "k",
+        "num_selected",
+        "lr",
+        "images_per_second",
+        "epoch",
+    } <= set(records[0])
     assert {"map", "loss", "epoch"} <= set(records[3]) and {"map", "loss"} <= set(records[4])
 
 
@@ -94,6 +103,7 @@ def test_tensorboard_holds_the_same_scalars_at_the_same_steps(finished_run):
         assert [step for step, _, _ in scalars[tag]] == [10, 20, 25], tag
     for tag in ("validation/map", "validation/loss", "test/map", "test/loss"):
         assert [step for step, _, _ in scalars[tag]] == [25], tag
+    assert [step for step, _, _ in scalars["train/noise_scale"]][-1] == 25  # null while unknown: no scalar
     # Every number of metrics.jsonl is a scalar "<kind>/<field>" at the record's step and wall time.
     records = [json.loads(line) for line in (workdir / rundir.METRICS_FILE).read_text().splitlines()]
     expected = {}

@@ -81,9 +81,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_config, tmp_path,
         assert [r["epoch"] for r in records if r["kind"] == "validation"] == [1, 2]
         assert sum(r["kind"] == "test" for r in records) == 1
         assert [r["step"] for r in records if r["kind"] == "train"] == list(range(5, 51, 5))
-        logged[workdir] = [(r["loss"], r["grad_norm"], r["lr"]) for r in records if r["kind"] == "train"]
-    assert logged["split"] == logged["whole"]  # the logged loss and gradient norm too, bit for bit
-    assert all(grad_norm > 0 for _, grad_norm, _ in logged["whole"])
+        logged[workdir] = [
+            (r["loss"], r["grad_norm"], r["lr"], r["noise_scale"]) for r in records if r["kind"] == "train"
+        ]
+    assert logged["split"] == logged["whole"]  # the logged loss, gradient norm and noise scale, bit for bit
+    assert all(grad_norm > 0 for _, grad_norm, _, _ in logged["whole"])
+    assert logged["whole"][-1][3] is not None  # the noise scale's averages resumed with the run
 
 
 @pytest.mark.parametrize("optimizer,lr", [("lamb", 1e-2), ("lars", 0.1)])

@@ -28,11 +28,13 @@ NONFINITE_POLICIES = ("stop", "skip")
 # Fields that only decide what happens from the next step on, so a resumed run may change them (the
 # change is recorded in metrics.jsonl): what a non-finite step does (the checkpoint holds none of them;
 # 'skip' back to 'stop' is refused once steps were skipped, trainer.py), when to log and to save, and
-# how many processes decode (every batch is the same whoever decodes it, tested).
+# how many processes decode (every batch is the same whoever decodes it, tested), and how the noise
+# scale is measured (it never enters the step).
 CHANGEABLE_ON_RESUME = (
     "train.nonfinite",
     "train.log_every_steps",
     "train.checkpoint_every_steps",
+    "train.noise_scale_parts",
     "data.workers",
 )
 MAX_IMAGE_SIZE = 2048  # 4.6x the protocol's 448: one batch of 64 such images is 0.8 GB on the host
@@ -210,6 +212,11 @@ RULES = (
     ),
     one_of("train.lr_decay", optimizer_lib.LR_DECAYS),
     Rule(
+        "train.noise_scale_parts",
+        lambda parts: _is_int(parts) and (parts == 0 or parts >= 2),
+        "must be 0 (no noise scale) or the number of parts (>= 2) the batch's gradient is measured in",
+    ),
+    Rule(
         "loss.group_size",
         _at_least(0),
         "must be 0 (rank the whole batch, the protocol) or a group size such as 16",
@@ -256,6 +263,14 @@ def check_with(
         "train.eval_batch_size",
         train.eval_batch_size,
         f"must be a multiple of the {num_devices} devices",
+    )
+    parts = train.noise_scale_parts
+    _require(
+        not parts or num_devices > 1 or train.batch_size % parts == 0,
+        "train.noise_scale_parts",
+        parts,
+        f"must divide train.batch_size={train.batch_size} (the noise scale measures the batch's gradient in that "
+        "many equal parts); choose a divisor, or 0 for no noise scale",
     )
     available = host_memory()
     held = 2 * workers(config) + BUFFERED_BATCHES

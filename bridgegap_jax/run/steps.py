@@ -68,6 +68,25 @@ def abstract_model_vars(model, image_size: int, mesh) -> dict:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), dict(shapes))
 
 
+def batch_loss(
+    params,
+    *,
+    batch_stats,
+    images: jax.Array,
+    observed: jax.Array,
+    k: jax.Array,
+    model: CAMClassifier,
+    loss_fn: LossFn,
+) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+    """(the scheme's loss of a batch, (its selected entries, the updated batch statistics)): the
+    objective whose gradient the train step takes (and part_gradients takes per part of the batch)."""
+    (logits, _), updated = model.apply(
+        {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
+    out = loss_fn(logits, observed, k)
+    return out.loss, (out.selected, updated["batch_stats"])
+
+
 def train_step(
     state: TrainState,
     images: jax.Array,
@@ -88,13 +107,15 @@ def train_step(
     later update, so the state stays the last finite one until the host stops the run.
     """
 
-    def objective(params):
-        (logits, _), updated = model.apply(
-            {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
-        )
-        out = loss_fn(logits, observed, k)
-        return out.loss, (out.selected, updated["batch_stats"])
-
+    objective = functools.partial(
+        batch_loss,
+        batch_stats=state.batch_stats,
+        images=images,
+        observed=observed,
+        k=k,
+        model=model,
+        loss_fn=loss_fn,
+    )
     (loss, (selected, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     grad_norm = optax.global_norm(grads)

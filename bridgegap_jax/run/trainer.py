@@ -25,7 +25,7 @@ from bridgegap_jax.base import sharding
 from bridgegap_jax.base.errors import UserError
 from bridgegap_jax.data import catalog, input_pipeline
 from bridgegap_jax.model import pretrained
-from bridgegap_jax.run import configuration, evaluation, rundir, steps, stopping
+from bridgegap_jax.run import configuration, evaluation, part_gradients, rundir, steps, stopping
 from bridgegap_jax.run.checkpoint import RunCheckpoints
 from bridgegap_jax.run.clock import Clock, hms
 from bridgegap_jax.run.results import environment, result_line
@@ -85,6 +85,10 @@ class Trainer:
         self.state, saved = self._restore_or_init()
         self.progress = Progress() if saved is None else Progress.saved(saved)
         self.clock = Clock(saved)
+        parts = part_gradients.num_parts(config.train.noise_scale_parts, mesh.size)
+        self.noise = part_gradients.Monitor(
+            parts, self.model, self.scheme, mesh, config.train.batch_size, self.num_classes, saved
+        )
         self.epoch_start = 0.0  # the clock's elapsed() when this session began training the epoch
         self.log = RunLog(
             run_dir,
@@ -138,7 +142,7 @@ class Trainer:
         self.checkpoints.save_latest(
             int(self.state.step),
             {"train": self.state, "host": self.host_state.checkpoint()},
-            {**dataclasses.asdict(self.progress), **self.clock.state()},
+            {**dataclasses.asdict(self.progress), **self.clock.state(), **self.noise.state()},
         )
 
     def check_finite(self, skipped, first_skipped) -> int:
@@ -234,6 +238,9 @@ class Trainer:
         for step_in_epoch, (batch, device) in enumerate(device_batches, start=first + 1):
             rows = len(batch["batch_index"])
             ks = self.scheme.large_loss_counts(epoch, rows, self.num_classes)  # one per selection group
+            last = step_in_epoch == self.steps_per_epoch
+            logs = step_in_epoch % config.train.log_every_steps == 0 or last
+            noise = self.noise.measure(self.state, device, epoch, rows, now=logs)  # before the update
             self.state, metrics, selected = self.step_fn(
                 self.state, device["image"], device["labels"], jnp.asarray(ks)
             )
@@ -241,9 +248,8 @@ class Trainer:
             self.host_state.record(batch["batch_index"], selected)
             progress.step_in_epoch = step_in_epoch
             window.append(metrics)
-            last = step_in_epoch == self.steps_per_epoch
-            if step_in_epoch % config.train.log_every_steps == 0 or last:
-                self._log_train(epoch, step_in_epoch, int(ks.sum()), window)
+            if logs:
+                self._log_train(epoch, step_in_epoch, int(ks.sum()), window, noise)
                 window = []
             if not last and step_in_epoch % config.train.checkpoint_every_steps == 0:
                 self.save_latest()
@@ -260,8 +266,9 @@ class Trainer:
                 f"finite (lr {float(self.lr(int(self.state.step) - 1)):g}); lower --config.train.lr"
             )
 
-    def _log_train(self, epoch: int, step_in_epoch: int, k: int, window: list[dict]) -> None:
-        """A progress line and a record: the window's mean loss and gradient norm, its images/s."""
+    def _log_train(self, epoch: int, step_in_epoch: int, k: int, window: list[dict], noise) -> None:
+        """A progress line and a record: the window's mean loss and gradient norm, its images/s, the
+        noise scale (`noise`: what part_gradients.Monitor.measure returned at this step)."""
         step = (epoch - 1) * self.steps_per_epoch + step_in_epoch  # skipped steps count too
         values = jax.device_get(
             {
@@ -271,14 +278,16 @@ class Trainer:
                 "lr": self.lr(step - 1),
                 "skipped": self.state.skipped_steps,
                 "first_skipped": self.state.first_skipped_step,
+                "noise": noise,
             }
         )  # the one wait for the device between two log points (but checkpoints and epoch ends)
         rate = self.clock.tick()
+        self.noise.add(values["noise"])
         skipped = self.check_finite(values["skipped"], values["first_skipped"])
         extra = f" | {skipped} non-finite step(s) skipped" if skipped else ""
         self.log.line(
             f"epoch {epoch}/{self.config.train.num_epochs} step {step_in_epoch}/{self.steps_per_epoch} | "
-            f"loss {values['loss']:.4f} grad_norm {values['grad_norm']:.4f} k {k} selected "
+            f"loss {values['loss']:.4f} grad_norm {values['grad_norm']:.4f}{self.noise.line()} k {k} selected "
             f"{int(values['num_selected'])} | {rate:.1f} img/s | {hms(self.clock.elapsed())} elapsed"
             f"{self._eta()}{extra}"
         )
@@ -293,6 +302,7 @@ class Trainer:
             lr=float(values["lr"]),
             images_per_second=rate,
             skipped_steps=skipped,
+            **self.noise.record(),
         )
         self.heartbeat()
 
