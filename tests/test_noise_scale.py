@@ -43,7 +43,10 @@ def test_the_estimate_recovers_the_noise_scale_of_a_least_squares_toy():
 def test_the_smoothed_scale_is_unknown_until_the_gradient_stands_out_and_resumes_from_its_state():
     smoothed = noise_scale.SmoothedNoiseScale()
     assert smoothed.value() is None and noise_scale.text(smoothed.value()) == "-"
-    smoothed.update(small_sq=4.0, big_sq=1.0, small_batch=4, big_batch=16)  # |G|^2 = 0: not yet known
+    assert smoothed.update(small_sq=4.0, big_sq=1.0, small_batch=4, big_batch=16) == (
+        0.0,
+        16.0,
+    )  # not known yet
     assert smoothed.value() is None
     smoothed.update(small_sq=float("nan"), big_sq=1.0, small_batch=4, big_batch=16)  # a non-finite step
     assert smoothed.points == 1
@@ -93,8 +96,10 @@ def test_training_is_bit_identical_with_the_noise_scale_on_and_off(runs):
     for part in ("params", "batch_stats", "opt_state"):
         jax.tree.map(np.testing.assert_array_equal, a["train"][part], b["train"][part])
     assert on["test_map"] == off["test_map"] and on["test_loss"] == off["test_loss"]
-    logged = [r["noise_scale"] for r in train_records(on_dir)]
+    records = train_records(on_dir)
+    logged = [r["noise_scale"] for r in records]
     assert len(logged) == 5 and all(value is None or value > 0 for value in logged) and logged[-1] is not None
+    assert all(r["noise_trace"] > 0 and isinstance(r["noise_grad_sq"], float) for r in records)
     assert all("noise_scale" not in r for r in train_records(off_dir))
 
 

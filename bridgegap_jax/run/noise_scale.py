@@ -57,14 +57,15 @@ class SmoothedNoiseScale:
         self.trace = float(saved.get("noise_ema_trace", 0.0))
         self.points = int(saved.get("noise_points", 0))
 
-    def update(self, small_sq: float, big_sq: float, small_batch: int, big_batch: int) -> None:
-        """One log point's norms; a point that is not finite (a non-finite step) is left out."""
+    def update(self, small_sq: float, big_sq: float, small_batch: int, big_batch: int) -> tuple[float, float]:
+        """One log point's norms; returns its own (|G|^2, tr(Sigma)). A point that is not finite (a
+        non-finite step) is left out of the averages."""
         grad_sq, trace = unbiased_estimates(small_sq, big_sq, small_batch, big_batch)
-        if not (math.isfinite(grad_sq) and math.isfinite(trace)):
-            return
-        self.grad_sq = DECAY * self.grad_sq + (1 - DECAY) * grad_sq
-        self.trace = DECAY * self.trace + (1 - DECAY) * trace
-        self.points += 1
+        if math.isfinite(grad_sq) and math.isfinite(trace):
+            self.grad_sq = DECAY * self.grad_sq + (1 - DECAY) * grad_sq
+            self.trace = DECAY * self.trace + (1 - DECAY) * trace
+            self.points += 1
+        return grad_sq, trace
 
     def value(self) -> float | None:
         """B_simple; None before the first point, or while EMA(|G|^2) <= 0 (the gradient is not yet

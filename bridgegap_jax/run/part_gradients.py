@@ -109,6 +109,7 @@ class Monitor:
         self.norms_fn = model_part_norms_fn(model, scheme.loss, mesh, parts) if parts else None
         self.compiled = False
         self.smoothed = SmoothedNoiseScale(saved)
+        self.point = (None, None)  # this log point's own (|G|^2, tr(Sigma)), unsmoothed
 
     def measure(self, state, batch: dict, epoch: int, rows: int, now: bool) -> dict | None:
         """Called before every step with its state and device `batch` ("image", "labels"): `now` (a log
@@ -126,21 +127,23 @@ class Monitor:
 
     def add(self, norms: dict | None) -> None:
         """What `measure` returned, fetched to the host."""
+        self.point = (None, None)
         if norms is not None:
-            self.smoothed.update(
-                float(norms["small_sq"]),
-                float(norms["big_sq"]),
-                self.batch_size // self.parts,
-                self.batch_size,
-            )
+            small, big = float(norms["small_sq"]), float(norms["big_sq"])
+            self.point = self.smoothed.update(small, big, self.batch_size // self.parts, self.batch_size)
 
     def line(self) -> str:
         """' noise 310' for the progress line ('' when off)."""
         return f" noise {text(self.smoothed.value())}" if self.parts else ""
 
     def record(self) -> dict:
-        """The field of a train record: noise_scale (None, written null, while unknown); none when off."""
-        return {"noise_scale": self.smoothed.value()} if self.parts else {}
+        """The fields of a train record (none when off): noise_scale, the smoothed B_simple (None, written
+        null, while unknown), and this log point's own estimates noise_grad_sq (|G|^2) and noise_trace
+        (tr(Sigma)), from which any other average can be taken (None where the batch was not measured)."""
+        if not self.parts:
+            return {}
+        grad_sq, trace = self.point
+        return {"noise_scale": self.smoothed.value(), "noise_grad_sq": grad_sq, "noise_trace": trace}
 
     def state(self) -> dict:
         return self.smoothed.state()
