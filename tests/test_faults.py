@@ -321,6 +321,60 @@ def test_a_lock_that_does_not_read_or_names_no_live_process_is_taken_over(tmp_pa
     assert not (tmp_path / rundir.LOCK_FILE).exists()
 
 
+@pytest.fixture
+def live_pid():
+    """The pid of a live process that is not this one."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield sleeper.pid
+    sleeper.kill()
+    sleeper.wait()
+
+
+@pytest.mark.parametrize(
+    "case,took_over",
+    [
+        ("pid reused", "pid {pid} is now another process, started after it"),
+        ("pid 1 in a restarted container", "pid 1 is now another process, started after it"),
+        ("host restarted", "this host was restarted since"),
+        ("this process, in an older record", "pid {pid} is this process (a container or VM restarted)"),
+        ("alive, the same process", None),
+        ("alive, in an older record", None),
+    ],
+)
+def test_a_lock_of_this_host_is_taken_over_only_from_a_process_that_is_gone(
+    tmp_path, live_pid, case, took_over
+):
+    """A container or VM restarted after a crash keeps its host name, and its entrypoint often gets the
+    pid of the one before, 1 in a container: a live pid holds the lock only if it is the process that
+    wrote it (the same start time and boot). (Before: every one of these was refused, for good.)"""
+    lock = rundir.RunDir(str(tmp_path)).lock()
+    pid = {"pid 1 in a restarted container": 1, "this process, in an older record": os.getpid()}.get(
+        case, live_pid
+    )
+    with open(f"/proc/{pid}/stat") as f:  # its start time, in clock ticks since boot (field 22)
+        started = int(f.read().rsplit(")", 1)[1].split()[19])
+    record = {**lock.me, "pid": pid, "started": started}
+    if case in ("pid reused", "pid 1 in a restarted container"):
+        record["started"] -= 1  # the process that wrote it started before this one with its pid
+    elif case == "host restarted":
+        record["boot_id"] = "a boot before this one"
+    elif case in ("this process, in an older record", "alive, in an older record"):
+        record = {key: record[key] for key in ("host", "pid", "since")}
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(record))
+    if took_over is None:
+        with pytest.raises(rundir.RunDirError, match=f"in use by pid {pid} on {lock.me['host']}"):
+            lock.acquire()
+        return
+    assert lock.acquire() == (
+        f"took over {tmp_path / rundir.LOCK_FILE} of pid {pid} on {lock.me['host']} since {lock.me['since']}: "
+        + took_over.format(pid=pid)
+    )
+    held = json.loads((tmp_path / rundir.LOCK_FILE).read_text())
+    assert {key: held[key] for key in lock.me} == lock.me  # this process's, with its start time and boot
+    lock.release()
+    assert not (tmp_path / rundir.LOCK_FILE).exists()
+
+
 def test_a_lock_cut_short_by_a_full_disk_is_not_left_behind(tmp_path, monkeypatch):
     def full_disk(fd, mode):
         os.close(fd)
