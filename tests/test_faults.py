@@ -691,3 +691,35 @@ def test_a_stop_during_a_validation_saves_where_training_stood(
     monkeypatch.undo()
     trainer.train_and_evaluate(tiny_config, workdir)
     assert_ends_as(workdir, uninterrupted)
+
+
+def test_a_damaged_checkpoints_reason_is_what_tensorstore_found(tmp_path):
+    """(Before: 'Exception: Encountered error while reading array index: (slice(0, 4096, 1),). See full
+    TensorStore details: <bound method pybind11_detail_function_record_', orbax's wrapper cut at 200.)"""
+    checkpoints = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state = {
+        "train": {"w": jnp.asarray(np.random.default_rng(0).standard_normal(4096, np.float32))},
+        "host": {},
+    }
+    for step in (10, 20):
+        checkpoints.save_latest(step, state, {"epoch": 1})
+    checkpoints.close()
+    data = max(
+        (tmp_path / "checkpoints" / "latest" / "20").glob("state/ocdbt.process_0/d/*"), key=os.path.getsize
+    )
+    size = os.path.getsize(data) // 2
+    os.truncate(data, size)
+    checkpoints = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    checkpoints.restore_latest(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+    )
+    checkpoints.close()
+    [(step, reason, _)] = checkpoints.set_aside
+    assert step == 20 and re.fullmatch(
+        rf'ValueError: OUT_OF_RANGE: Error reading "train.w/0" in OCDBT database at local file '
+        rf'"{tmp_path}/checkpoints/latest/20/state/": Requested byte range \[0, \d+\) is not valid for value of '
+        rf"size {size}",
+        reason,
+    ), reason
+

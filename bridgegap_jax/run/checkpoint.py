@@ -44,7 +44,13 @@ def _everywhere(ok: bool) -> bool:
 
 
 def _reason(error: Exception) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    """The error in one line. orbax wraps a failed read of an array in an error that names the array's
+    index and ends in 'See full TensorStore details: <bound method ...>': its cause says what is wrong.
+    TensorStore's messages end in the store's spec ('[tensorstore_spec=...]'), of no use to a user."""
+    if "See full TensorStore details" in str(error) and error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).split(" [tensorstore_spec=", 1)[0]
+    return " ".join(f"{type(error).__name__}: {text}".split())[:400]
 
 
 class RunCheckpoints:
