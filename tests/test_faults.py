@@ -723,3 +723,21 @@ def test_a_damaged_checkpoints_reason_is_what_tensorstore_found(tmp_path):
         reason,
     ), reason
 
+
+def test_unfinished_saves_are_removed_with_one_line(tmp_path):
+    """The temporary folders of saves that a crash or a second Ctrl-C cut short (the run's start, with
+    the workdir locked); tests/test_interrupts.py makes one for real."""
+    checkpoints = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    for name in (
+        "latest/15.orbax-checkpoint-tmp",
+        "latest/16.orbax-checkpoint-tmp-1700000000",
+        "best/25.orbax-checkpoint-tmp",
+    ):
+        (tmp_path / "checkpoints" / name / "state").mkdir(parents=True)
+    assert checkpoints.remove_unfinished_saves() == [
+        "removed 3 unfinished checkpoint save(s) of an interrupted session: best/25.orbax-checkpoint-tmp, "
+        "latest/15.orbax-checkpoint-tmp, latest/16.orbax-checkpoint-tmp-1700000000"
+    ]
+    assert checkpoints.remove_unfinished_saves() == []  # said once
+    assert sorted(os.listdir(tmp_path / "checkpoints" / "latest")) == []
+    checkpoints.close()

@@ -83,6 +83,8 @@ class Trainer:
         self.checkpoints = RunCheckpoints(run_dir.checkpoints)
         self.stop_check = stopping.StopCheck()
         self.notes = []  # lines for the start of the run
+        if jax.process_index() == 0:  # (the workdir is locked: no save of another run is under way)
+            self.notes += self.checkpoints.remove_unfinished_saves()
         self.state, saved = self._restore_or_init()
         self.progress = Progress() if saved is None else Progress.saved(saved)
         self.clock = Clock(saved)
