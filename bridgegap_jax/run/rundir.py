@@ -23,6 +23,7 @@ import json
 import math
 import numbers
 import os
+import pathlib
 import socket
 import time
 from typing import Any
@@ -75,6 +76,19 @@ class RunDir:
     @property
     def checkpoints(self) -> epath.Path:
         return self.path / CHECKPOINTS_DIR
+
+    def create(self) -> bool:
+        """Make the workdir (and the folders above it); True if this call made it. (On a local file
+        system the last mkdir is exclusive, so of two runs starting at once only one made it; gs://
+        has no folders to make: False.)"""
+        if "://" in str(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            return False
+        try:
+            pathlib.Path(self.path).mkdir(parents=True)
+        except FileExistsError:
+            return False
+        return True
 
     def check_usable(self) -> None:
         """A workdir that is a file is refused before anything is read or written."""
@@ -175,6 +189,65 @@ def writing(workdir: str):
             f"cannot write in --workdir={workdir} ({error.strerror or error}: {error.filename}); choose a "
             "--workdir on a file system you can write to"
         ) from None
+
+
+def lock_everywhere(run_dir: RunDir) -> WorkdirLock:
+    """Create the workdir and lock it: process 0 takes the lock, every process learns whether it did
+    (refused: a workdir this start created is removed again, empty). All of it while a stop signal
+    waits (stopping.guard); from then on, an immediate end releases the lock and removes a workdir
+    this start created if nothing was saved in it (stopping.hold)."""
+    import jax
+
+    from bridgegap_jax.run import stopping
+
+    main_process = jax.process_index() == 0
+    with stopping.guard():
+        with writing(run_dir.workdir):
+            created = run_dir.create()
+        lock = run_dir.lock()
+        try:
+            _take_everywhere(lock, main_process)
+        except (RunDirError, OSError):
+            if created and main_process and not any(run_dir.path.iterdir()):
+                run_dir.path.rmdir()
+            raise
+        stopping.hold(run_dir, lock if main_process else None, new=created)
+    return lock
+
+
+def _take_everywhere(lock: WorkdirLock, main_process: bool) -> None:
+    import jax
+    import numpy as np
+
+    error = None
+    if main_process:
+        try:
+            taken_over = lock.acquire()
+        except (RunDirError, OSError) as e:  # busy, unwritable, a full disk
+            error = e
+        else:
+            if taken_over:
+                print(taken_over, flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+        if refused and error is None:
+            error = RunDirError("process 0 could not lock the workdir: see its output")
+    if error is not None:
+        raise error
+
+
+def unlock(lock: WorkdirLock) -> None:
+    """At the end of the run, whatever the end: process 0 releases the lock."""
+    import jax
+
+    from bridgegap_jax.run import stopping
+
+    with stopping.guard():
+        if jax.process_index() == 0:
+            lock.release()
+        stopping.hold(None)
 
 
 def lookup(tree: dict, dotted: str):
