@@ -223,7 +223,10 @@ def initialize_distributed(distributed: bool, coordinator_address, num_processes
         return
     import jax
 
+    from bridgegap_jax.base import sharding
+
     jax.distributed.initialize(**given)
+    sharding.connect_processes()  # now, while they are together (see there)
 
 
 def check_shared_workdir(workdir: str, workdir_is_shared: bool) -> None:
