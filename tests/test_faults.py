@@ -532,6 +532,19 @@ def test_a_damaged_best_checkpoint_stops_a_resumed_run_at_its_start(finished, tm
 
 
 @pytest.mark.slow
+def test_testing_a_finished_run_again_says_that_only_the_test_is_left(finished, tmp_path, capsys):
+    """result.json deleted: the same command tests the best checkpoint again. (Before: 'resuming ... at
+    step 25: epoch 2, step 0 of 25', an epoch after the last.)"""
+    workdir, config = finished
+    workdir = shutil.copytree(workdir, tmp_path / "run")
+    (workdir / rundir.RESULT_FILE).unlink()
+    capsys.readouterr()
+    trainer.train_and_evaluate(config, str(workdir))
+    assert f"resuming {workdir} at step 25: training done, the test is left\n" in capsys.readouterr().out
+    assert (workdir / rundir.RESULT_FILE).exists()
+
+
+@pytest.mark.slow
 def test_a_damaged_shard_is_named(demo_data_dir, tmp_path):
     shutil.copytree(os.path.join(demo_data_dir, "bridgegap_demo"), tmp_path / "data" / "bridgegap_demo")
     shard = next((tmp_path / "data").glob("bridgegap_demo/*/bridgegap_demo-train.array_record-*"))

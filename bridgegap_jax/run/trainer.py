@@ -188,10 +188,10 @@ class Trainer:
         for note in self.notes:
             self.log.line(note)
         if self.checkpoints.latest_step() is not None:
-            self.log.line(
-                f"resuming {self.run_dir.workdir} at step {int(self.state.step)}: epoch {epoch}, "
-                f"step {step} of {self.steps_per_epoch}"
-            )
+            where = f"epoch {epoch}, step {step} of {self.steps_per_epoch}"
+            if epoch > epochs:  # every epoch trained and validated: the test is left
+                where = "training done, the test is left"
+            self.log.line(f"resuming {self.run_dir.workdir} at step {int(self.state.step)}: {where}")
         plan = input_pipeline.run_plan(self.dataset, self.options, epochs)
         reader = input_pipeline.BatchReader(self.dataset, plan, self.options)
         start = reader.segment_start(2 * (epoch - 1)) + (step if epoch <= epochs else 0)
