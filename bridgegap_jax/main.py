@@ -10,9 +10,11 @@ The workdir must be storage that every host sees: gs://..., or a shared file sys
 (NFS) mounted at the same path everywhere, declared with --workdir_is_shared.
 
 A mistake the user can fix (a config value, a missing dataset or weights file, a busy workdir, a
-full disk, Ctrl-C) ends with one line on stderr and exit code 2; --debug shows the traceback.
-SIGTERM (a preempted machine) saves a checkpoint at the next batch, on every process at the same
-one, and ends with one line and exit code 143 (stopping.py); the same command resumes.
+full disk) ends with one line on stderr and exit code 2; --debug shows the traceback. Ctrl-C,
+SIGTERM (a preempted machine) and SIGHUP (a closed terminal or ssh connection), from the first line
+on, end with one line too (exit codes 2, 143, 129): during start-up at once, once training has begun
+after saving a checkpoint at the next batch, on every process at the same one (stopping.py); the
+same command resumes.
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ import io
 import os
 import sys
 
-from absl import app, flags
+if __name__ == "__main__":  # the command: before the imports below, which take a while
+    from bridgegap_jax.run import stopping
+
+    stopping.install()
+
+from absl import app, flags  # (after the stop signals are ours)
 from ml_collections import config_flags
 
 from bridgegap_jax.model import xla_options
@@ -216,7 +223,10 @@ def initialize_distributed(distributed: bool, coordinator_address, num_processes
         return
     import jax
 
+    from bridgegap_jax.base import sharding
+
     jax.distributed.initialize(**given)
+    sharding.connect_processes()  # now, while they are together (see there)
 
 
 def check_shared_workdir(workdir: str, workdir_is_shared: bool) -> None:
@@ -266,6 +276,7 @@ def main(argv):
     workdir = FLAGS.workdir
     if workdir is None or not workdir.strip():  # an empty one would fill the current directory
         fail("--workdir must name the run's folder, e.g. --workdir=runs/demo")
+    stopping.install(resume_hint=lambda: resume_hint(workdir))
     try:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -284,10 +295,6 @@ def main(argv):
         fail(error)
     except stopping.Stopped as stop:
         fail(f"{stop}; {resume_hint(workdir)}", stop.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C: at once
-        if FLAGS.debug:
-            raise
-        fail(f"interrupted; {resume_hint(workdir)}")
     except Exception as error:  # noqa: BLE001 - only a full disk is turned into a message; the rest re-raises
         full = disk_full(error)
         if full is None or FLAGS.debug:
@@ -304,14 +311,9 @@ def main(argv):
 def run() -> None:
     from bridgegap_jax.run import stopping
 
-    stopping.install()  # before the flags are parsed: a Ctrl-C or SIGTERM from now on stops the run cleanly
+    stopping.install()  # (done already when run as `python -m bridgegap_jax.main`)
     flags.mark_flags_as_required(["config"])
-    try:
-        app.run(main, flags_parser=parse_flags)
-    except KeyboardInterrupt:  # a second Ctrl-C before main() could catch it: nothing was started
-        if "--debug" in sys.argv:
-            raise
-        fail("interrupted before the run started")
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

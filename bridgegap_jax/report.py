@@ -5,8 +5,11 @@ epoch, validation and test mAP (and OpenImages' frequency groups), the wall time
 run has finished; the fields all runs share are listed once under the table. With --seeds, runs
 that differ only in `seed` make one row of mean ± sample std over their finished runs (n shown).
 Under it, each run's gradient noise scale: the mean of the values it logged in its last epoch, and
-which batches it says use their steps efficiently. Reads local and gs:// workdirs alike, without
-importing JAX.
+which batches it says use their steps efficiently. A path that is not a readable run (`not a run`,
+`damaged config.json`) is listed under the table with what it is; so is what is wrong with a run
+whose status is `damaged result.json` or `latest checkpoints unreadable` (none of them would restore:
+checkpoint_files.py). Exit code 0, or 2 when no path is a readable run. Reads local and gs://
+workdirs alike, without importing JAX.
 """
 
 from __future__ import annotations
@@ -18,16 +21,16 @@ import statistics
 import sys
 
 from bridgegap_jax.base.errors import UserError
-from bridgegap_jax.run import noise_scale
+from bridgegap_jax.run import checkpoint_files, noise_scale
 from bridgegap_jax.run.clock import hms
-from bridgegap_jax.run.rundir import CONFIG_FILE, METRICS_FILE, RunDir
+from bridgegap_jax.run.rundir import CONFIG_FILE, METRICS_FILE, RESULT_FILE, RunDir, RunDirError
 
 SEED = "seed"
 MISSING = "-"  # a field that a run's config does not have (made by another version)
 
 
 class ReportError(UserError, ValueError):
-    """A path that is not a readable workdir; the message names it."""
+    """A path that is not a readable workdir; the message names it and says what it is."""
 
 
 @dataclasses.dataclass
@@ -38,11 +41,13 @@ class Run:
     # without an observed class): those known so far
     best_epoch: int | None
     wall_time_s: float | None
-    status: str  # 'finished', 'unfinished, epoch E/N' or 'not started'
+    status: str  # 'finished', 'unfinished, epoch E/N', 'not started' or what keeps it from going on
     steps: int | None = None  # training steps done
     images_per_second: float | None = (
         None  # training, median of the logged windows but the first (compilation)
     )
+
+    problem: str = ""  # what is wrong, when the status says that something is
 
     @property
     def finished(self) -> bool:
@@ -75,12 +80,21 @@ def read_records(run_dir: RunDir) -> list[dict]:
 def load_run(workdir: str) -> Run:
     """A finished run from its result.json; an unfinished one from its validations so far."""
     run_dir = RunDir(workdir)
+    if not run_dir.path.exists():
+        raise ReportError(f"{workdir}: does not exist")
     if not run_dir.path.is_dir():
-        raise ReportError(f"{workdir} does not exist")
-    config, result = run_dir.stored_config(), run_dir.result()  # a damaged one: RunDirError, named
+        raise ReportError(f"{workdir}: not a run (a file, not a workdir of bridgegap_jax.main)")
+    try:
+        config = run_dir.stored_config()
+    except RunDirError as error:
+        raise ReportError(f"{workdir}: damaged {CONFIG_FILE} {damage(error)}") from None
     if config is None:
-        raise ReportError(f"{workdir} is not a workdir of bridgegap_jax.main: it has no {CONFIG_FILE}")
+        raise ReportError(f"{workdir}: not a run (no {CONFIG_FILE}: not a workdir of bridgegap_jax.main)")
     config = flatten(config)
+    try:
+        result = run_dir.result()
+    except RunDirError as error:
+        return Run(workdir, config, {}, None, None, f"damaged {RESULT_FILE}", problem=damage(error))
     records = read_records(run_dir)
     pace = training_pace(records)
     if result is not None:
@@ -96,11 +110,31 @@ def load_run(workdir: str) -> Run:
         return Run(workdir, config, {}, None, None, "not started")
     epoch = max(record.get("epoch", 0) for record in records)
     status = f"unfinished, epoch {epoch}/{config.get('train.num_epochs', '?')}"
+    problem = latest_damage(run_dir)
+    if problem:
+        status = "latest checkpoints unreadable"
     validations = [r for r in records if r.get("kind") == "validation" and r.get("map") is not None]
     if not validations:
-        return Run(workdir, config, {}, None, None, status, *pace)
+        return Run(workdir, config, {}, None, None, status, *pace, problem=problem)
     best = max(validations, key=lambda r: r["map"])  # the first of equal ones, as the trainer keeps them
-    return Run(workdir, config, {"val mAP": best["map"]}, best["epoch"], None, status, *pace)
+    return Run(workdir, config, {"val mAP": best["map"]}, best["epoch"], None, status, *pace, problem=problem)
+
+
+def damage(error: RunDirError) -> str:
+    """'(what is wrong); what to do' of rundir's message about a damaged file."""
+    return str(error).split(" is damaged ", 1)[-1]
+
+
+def latest_damage(run_dir: RunDir) -> str:
+    """What is wrong with each latest checkpoint when the run has some and none of them would restore
+    (a resume stops there, and says what to do); '' otherwise."""
+    latest = run_dir.checkpoints / "latest"
+    found = [(step, checkpoint_files.damage(latest / str(step))) for step in checkpoint_files.steps(latest)]
+    if not found or not all(problem for _, problem in found):
+        return ""
+    return "; ".join(f"step {step}: {problem}" for step, problem in found) + (
+        "; a resume stops there: use a new --workdir, or move its checkpoints folder away to start it again"
+    )
 
 
 def training_pace(records: list[dict]) -> tuple[int | None, float | None]:
@@ -257,15 +291,24 @@ def main(argv: list[str] | None = None) -> int:
         help="a row per group of runs that differ only in seed: mean ± sample std over its n finished runs",
     )
     args = parser.parse_args(argv)
-    try:
-        runs = [load_run(workdir) for workdir in args.workdirs]
-    except (UserError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    runs, unreadable = [], []
+    for workdir in args.workdirs:
+        try:
+            runs.append(load_run(workdir))
+        except UserError as error:
+            unreadable.append(" ".join(str(error).split()))
+        except OSError as error:  # no permission, a storage error
+            unreadable.append(f"{workdir}: cannot be read ({error})")
+    if not runs:
+        print("\n".join(f"error: {line}" for line in unreadable), file=sys.stderr)
         return 2
     print(seed_table(runs) if args.seeds else run_table(runs))
     lines = [noise_scale_line(run.workdir, read_records(RunDir(run.workdir))) for run in runs]
     if any(lines):
         print("\n" + "\n".join(line for line in lines if line))
+    problems = [f"{run.workdir}: {run.status}: {run.problem}" for run in runs if run.problem] + unreadable
+    if problems:
+        print("\n" + "\n".join(problems))
     return 0
 
 

@@ -8,6 +8,8 @@ FAULT is one of:
   disk-full          the save of the latest checkpoint of STEP fails as a full disk makes it fail, after
                      the library noise of a real one: orbax's threads log errors and print tracebacks
   read-only          the workdir cannot be created: it is on a read-only file system (STEP is unused)
+  slow-commit        the saves of latest checkpoints after STEP take 20 s to commit, as on a slow disk:
+                     a stop's own save stays in flight (in orbax's thread, its temporary folder there)
 """
 
 import errno
@@ -44,6 +46,21 @@ def inject(fault: str, at_step: int, workdir: str) -> None:
             return original_mkdir(path, *args, **kwargs)
 
         os.mkdir = mkdir
+        return
+    if fault == "slow-commit":
+        import asyncio
+
+        from orbax.checkpoint._src.path import async_path
+
+        rename = async_path.rename
+
+        async def slow_rename(src, dst):
+            if "orbax-checkpoint-tmp" in src.name and src.parent.name == "latest":
+                if int(src.name.split(".")[0]) > at_step:
+                    await asyncio.sleep(20)
+            return await rename(src, dst)
+
+        async_path.rename = slow_rename
         return
     from bridgegap_jax.run import checkpoint
 

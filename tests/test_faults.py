@@ -321,6 +321,60 @@ def test_a_lock_that_does_not_read_or_names_no_live_process_is_taken_over(tmp_pa
     assert not (tmp_path / rundir.LOCK_FILE).exists()
 
 
+@pytest.fixture
+def live_pid():
+    """The pid of a live process that is not this one."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield sleeper.pid
+    sleeper.kill()
+    sleeper.wait()
+
+
+@pytest.mark.parametrize(
+    "case,took_over",
+    [
+        ("pid reused", "pid {pid} is now another process, started after it"),
+        ("pid 1 in a restarted container", "pid 1 is now another process, started after it"),
+        ("host restarted", "this host was restarted since"),
+        ("this process, in an older record", "pid {pid} is this process (a container or VM restarted)"),
+        ("alive, the same process", None),
+        ("alive, in an older record", None),
+    ],
+)
+def test_a_lock_of_this_host_is_taken_over_only_from_a_process_that_is_gone(
+    tmp_path, live_pid, case, took_over
+):
+    """A container or VM restarted after a crash keeps its host name, and its entrypoint often gets the
+    pid of the one before, 1 in a container: a live pid holds the lock only if it is the process that
+    wrote it (the same start time and boot). (Before: every one of these was refused, for good.)"""
+    lock = rundir.RunDir(str(tmp_path)).lock()
+    pid = {"pid 1 in a restarted container": 1, "this process, in an older record": os.getpid()}.get(
+        case, live_pid
+    )
+    with open(f"/proc/{pid}/stat") as f:  # its start time, in clock ticks since boot (field 22)
+        started = int(f.read().rsplit(")", 1)[1].split()[19])
+    record = {**lock.me, "pid": pid, "started": started}
+    if case in ("pid reused", "pid 1 in a restarted container"):
+        record["started"] -= 1  # the process that wrote it started before this one with its pid
+    elif case == "host restarted":
+        record["boot_id"] = "a boot before this one"
+    elif case in ("this process, in an older record", "alive, in an older record"):
+        record = {key: record[key] for key in ("host", "pid", "since")}
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(record))
+    if took_over is None:
+        with pytest.raises(rundir.RunDirError, match=f"in use by pid {pid} on {lock.me['host']}"):
+            lock.acquire()
+        return
+    assert lock.acquire() == (
+        f"took over {tmp_path / rundir.LOCK_FILE} of pid {pid} on {lock.me['host']} since {lock.me['since']}: "
+        + took_over.format(pid=pid)
+    )
+    held = json.loads((tmp_path / rundir.LOCK_FILE).read_text())
+    assert {key: held[key] for key in lock.me} == lock.me  # this process's, with its start time and boot
+    lock.release()
+    assert not (tmp_path / rundir.LOCK_FILE).exists()
+
+
 def test_a_lock_cut_short_by_a_full_disk_is_not_left_behind(tmp_path, monkeypatch):
     def full_disk(fd, mode):
         os.close(fd)
@@ -457,7 +511,7 @@ def test_a_damaged_config_or_result_file_is_one_line_naming_it(finished, demo_da
     assert (
         message.startswith(f"error: {workdir / name} is damaged (Expecting value") and what_to_do in message
     )
-    assert report.main([str(workdir)]) == 2  # the report names it too
+    assert report.main([str(workdir)]) == (2 if name == rundir.CONFIG_FILE else 0)  # it names it too
 
 
 @pytest.mark.slow
@@ -475,6 +529,19 @@ def test_a_damaged_best_checkpoint_stops_a_resumed_run_at_its_start(finished, tm
         trainer.train_and_evaluate(config, str(workdir))
     assert (workdir / rundir.METRICS_FILE).read_text() == metrics  # refused before anything was written
     assert not (workdir / rundir.LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_testing_a_finished_run_again_says_that_only_the_test_is_left(finished, tmp_path, capsys):
+    """result.json deleted: the same command tests the best checkpoint again. (Before: 'resuming ... at
+    step 25: epoch 2, step 0 of 25', an epoch after the last.)"""
+    workdir, config = finished
+    workdir = shutil.copytree(workdir, tmp_path / "run")
+    (workdir / rundir.RESULT_FILE).unlink()
+    capsys.readouterr()
+    trainer.train_and_evaluate(config, str(workdir))
+    assert f"resuming {workdir} at step 25: training done, the test is left\n" in capsys.readouterr().out
+    assert (workdir / rundir.RESULT_FILE).exists()
 
 
 @pytest.mark.slow
@@ -637,3 +704,53 @@ def test_a_stop_during_a_validation_saves_where_training_stood(
     monkeypatch.undo()
     trainer.train_and_evaluate(tiny_config, workdir)
     assert_ends_as(workdir, uninterrupted)
+
+
+def test_a_damaged_checkpoints_reason_is_what_tensorstore_found(tmp_path):
+    """(Before: 'Exception: Encountered error while reading array index: (slice(0, 4096, 1),). See full
+    TensorStore details: <bound method pybind11_detail_function_record_', orbax's wrapper cut at 200.)"""
+    checkpoints = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state = {
+        "train": {"w": jnp.asarray(np.random.default_rng(0).standard_normal(4096, np.float32))},
+        "host": {},
+    }
+    for step in (10, 20):
+        checkpoints.save_latest(step, state, {"epoch": 1})
+    checkpoints.close()
+    data = max(
+        (tmp_path / "checkpoints" / "latest" / "20").glob("state/ocdbt.process_0/d/*"), key=os.path.getsize
+    )
+    size = os.path.getsize(data) // 2
+    os.truncate(data, size)
+    checkpoints = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    checkpoints.restore_latest(
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+    )
+    checkpoints.close()
+    [(step, reason, _)] = checkpoints.set_aside
+    assert step == 20 and re.fullmatch(
+        rf'ValueError: OUT_OF_RANGE: Error reading "train.w/0" in OCDBT database at local file '
+        rf'"{tmp_path}/checkpoints/latest/20/state/": Requested byte range \[0, \d+\) is not valid for value of '
+        rf"size {size}",
+        reason,
+    ), reason
+
+
+def test_unfinished_saves_are_removed_with_one_line(tmp_path):
+    """The temporary folders of saves that a crash or a second Ctrl-C cut short (the run's start, with
+    the workdir locked); tests/test_interrupts.py makes one for real."""
+    checkpoints = checkpoint.RunCheckpoints(tmp_path / "checkpoints")
+    for name in (
+        "latest/15.orbax-checkpoint-tmp",
+        "latest/16.orbax-checkpoint-tmp-1700000000",
+        "best/25.orbax-checkpoint-tmp",
+    ):
+        (tmp_path / "checkpoints" / name / "state").mkdir(parents=True)
+    assert checkpoints.remove_unfinished_saves() == [
+        "removed 3 unfinished checkpoint save(s) of an interrupted session: best/25.orbax-checkpoint-tmp, "
+        "latest/15.orbax-checkpoint-tmp, latest/16.orbax-checkpoint-tmp-1700000000"
+    ]
+    assert checkpoints.remove_unfinished_saves() == []  # said once
+    assert sorted(os.listdir(tmp_path / "checkpoints" / "latest")) == []
+    checkpoints.close()

@@ -3,8 +3,10 @@
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from bridgegap_jax import report
 
@@ -229,17 +231,92 @@ def test_config_values_read_as_typed():
     ]
 
 
-def test_a_path_that_is_not_a_workdir_is_one_line_and_exit_code_2(tmp_path):
+def report_command(*paths):
+    return subprocess.run(
+        [sys.executable, "-m", "bridgegap_jax.report", *map(str, paths)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_every_path_gets_a_row_or_says_what_it_is(tmp_path):
+    """One empty or damaged workdir among many still gives the table of the others (before: exit code 2
+    and no table), and a file is not a run (before: 'does not exist')."""
     good = workdir(tmp_path / "good", config(), result(1.0))
+    broken_result = workdir(tmp_path / "broken_result", config(seed=1))
+    (tmp_path / "broken_result" / "result.json").write_text('{"test_map": ')
     (tmp_path / "plain").mkdir()
-    not_a_workdir = "is not a workdir of bridgegap_jax.main: it has no config.json"
-    for bad, message in [(tmp_path / "missing", "does not exist"), (tmp_path / "plain", not_a_workdir)]:
-        done = subprocess.run(
-            [sys.executable, "-m", "bridgegap_jax.report", good, str(bad)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 2 and done.stdout == ""
-        assert done.stderr == f"error: {bad} {message}\n"
+    (tmp_path / "a_file").write_text("not a run")
+    (tmp_path / "broken_config").mkdir()
+    (tmp_path / "broken_config" / "config.json").write_text('{"seed": ')
+    paths = [
+        good,
+        broken_result,
+        *(tmp_path / name for name in ("missing", "plain", "a_file", "broken_config")),
+    ]
+    done = report_command(*paths)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    _, rows, common = parse(done.stdout)
+    notes = done.stdout.split(common + "\n\n", 1)[1]  # under the table
+    assert [(row["run"], row["status"]) for row in rows] == [
+        (good, "finished"),
+        (broken_result, "damaged result.json"),
+    ]
+    assert notes.strip().splitlines() == [
+        (
+            f"{broken_result}: damaged result.json: (Expecting value: line 1 column 14 (char 13)); delete it, and "
+            "the command that trained this run tests its best checkpoint again and rewrites it"
+        ),
+        f"{tmp_path / 'missing'}: does not exist",
+        f"{tmp_path / 'plain'}: not a run (no config.json: not a workdir of bridgegap_jax.main)",
+        f"{tmp_path / 'a_file'}: not a run (a file, not a workdir of bridgegap_jax.main)",
+        (
+            f"{tmp_path / 'broken_config'}: damaged config.json (Expecting value: line 1 column 10 (char 9)); it "
+            "holds the config this run was started with: delete it to go on with the config of your command (only "
+            "if it is that one), or use a new --workdir"
+        ),
+    ]
+
+
+def test_no_readable_run_is_exit_code_2_with_a_line_for_each(tmp_path):
+    (tmp_path / "plain").mkdir()
+    done = report_command(tmp_path / "missing", tmp_path / "plain")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"error: {tmp_path / 'missing'}: does not exist\n"
+        f"error: {tmp_path / 'plain'}: not a run (no config.json: not a workdir of bridgegap_jax.main)\n"
+    )
+
+
+def test_a_run_whose_latest_checkpoints_would_not_restore_says_so(tmp_path, capsys):
+    """Both latest checkpoints damaged (a resume stops there); with one intact it is plain unfinished.
+    Read without JAX (checkpoint_files.py); here orbax writes the checkpoints, as the trainer does."""
+    import numpy as np
+
+    from bridgegap_jax.run.checkpoint import RunCheckpoints
+    from bridgegap_jax.run.rundir import RunDir
+
+    records = [{"kind": "train", "step": 10, "epoch": 1}, {"kind": "train", "step": 20, "epoch": 2}]
+    run = workdir(tmp_path / "run", config(), records=records)
+    checkpoints = RunCheckpoints(RunDir(run).checkpoints)
+    for step in (10, 20):
+        state = {"train": {"w": np.random.default_rng(step).standard_normal(4096, np.float32)}, "host": {}}
+        checkpoints.save_latest(step, state, {"epoch": step // 10, "step_in_epoch": 0})
+    checkpoints.close()
+    data = tmp_path / "run" / "checkpoints" / "latest" / "{}" / "state" / "ocdbt.process_0" / "d"
+    largest = {step: max(Path(str(data).format(step)).iterdir(), key=os.path.getsize) for step in (10, 20)}
+    os.truncate(largest[20], 100)
+    assert report.main([run]) == 0
+    assert parse(capsys.readouterr().out)[1][0]["status"] == "unfinished, epoch 2/10"  # resumes from step 10
+    largest[10].unlink()
+    assert report.main([run]) == 0
+    out = capsys.readouterr().out
+    assert parse(out)[1][0]["status"] == "latest checkpoints unreadable"
+    assert re.fullmatch(
+        rf"{run}: latest checkpoints unreadable: step 20: state: ocdbt.process_0/d/{largest[20].name} is cut short "
+        rf"\(100 of at least \d+ bytes\); step 10: state: ocdbt.process_0/d/{largest[10].name} is missing; a "
+        r"resume stops there: use a new --workdir, or move its checkpoints folder away to start it again",
+        out.strip().splitlines()[-1],
+    )

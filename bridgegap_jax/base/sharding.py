@@ -50,6 +50,23 @@ def to_host(array: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
+def connect_processes() -> None:
+    """With several processes, one small collective over each group of devices a run uses (a device of
+    each process: the lock, checkpoints; all of them: steps, gathers), right after
+    jax.distributed.initialize, while the processes are together. On CPU hosts gloo opens a group's
+    connections at its first collective and gives the processes 30 s (fixed) to meet there; at a
+    run's own first collectives a loaded or slow host can be further behind (importing, reading its
+    data, compiling), and the run failed with 'Gloo context initialization failed'. Open connections
+    stay; a collective waits for the others far longer (30 minutes)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.broadcast_one_to_all(np.zeros((), np.int32))
+    mesh = make_mesh()
+    to_host(to_global(mesh, np.zeros(len(mesh.local_devices), np.int32)))
+
+
 def prefetch_to_device(
     batches: Iterator[dict], mesh: Mesh, keys: Sequence[str], depth: int = 2
 ) -> Iterator[tuple[dict, dict]]:

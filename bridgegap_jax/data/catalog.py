@@ -240,8 +240,8 @@ def build_built_in(name: str, data_dir: str) -> None:
     own: the runtime never imports the offline preparation (nor the dataset writer). Its error line
     becomes this process's: a full disk stays an OSError (main names it), a folder that cannot be
     written a DataError; anything else (a crash) is raised with the command's stderr. The command runs
-    in a session of its own, so that a Ctrl-C lets it finish (the run stops at its first batch, as
-    stopping.py asks) and only a second one, which ends this process, ends it too."""
+    in a session of its own, so that a Ctrl-C, which ends the training command at once during its
+    start-up (run/stopping.py), lets the build finish (it is renamed into place only when complete)."""
     import bridgegap_jax
 
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(bridgegap_jax.__file__)))

@@ -196,15 +196,15 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # as run/stopping.py's
 
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
-    """Each grain worker ignores Ctrl-C and SIGTERM, which a terminal or a preempted machine sends to
-    every process: the training process stops at its next batch and closes the stream, which stops
-    the workers and frees the shared memory of their batches. Stopped themselves, they would print
+    """Each grain worker ignores Ctrl-C, SIGTERM and SIGHUP, which a terminal (pressed, or closed) or a
+    preempted machine sends to every process: the training process stops at its next batch and
+    closes the stream, which stops the workers and frees the shared memory of their batches. Stopped themselves, they would print
     tracebacks, leak it, and fail the batches the training process still needs to reach its stop.
-    (They start with both signals blocked, see Stream, so none lands before this runs.)
+    (They start with these signals blocked, see Stream, so none lands before this runs.)
 
     A training process that is killed (kill -9, out of memory) cannot stop its workers, and they would
     go on forever: each one exits when it sees that its parent is gone."""
@@ -260,14 +260,17 @@ class Stream:
             flags.FLAGS.mark_as_parsed()
         # grain starts worker i, from threads of its own, when batch i is first asked for. Blocked
         # signals are inherited (by threads and processes), so until `workers` batches have come, a
-        # Ctrl-C or SIGTERM cannot reach a worker before _init_worker ignores them; this process takes
+        # stop signal cannot reach a worker before _init_worker ignores them; this process takes
         # them in another of its threads, or once they are unblocked. (multiprocessing's resource
         # tracker unblocks them in the thread that starts it: it is started here, before.)
         self._starting = workers
         self._blocked = None
         if workers > 0:
+            # The tracker ignores SIGINT and SIGTERM, not SIGHUP; started with it blocked, it keeps it
+            # blocked, and a closed terminal does not end it (its shared memory would leak).
+            self._blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
             resource_tracker.ensure_running()
-            self._blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         dataset = grain.MapDataset.range(start, len(reader)).map(reader)
         iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         if workers > 0:

@@ -6,7 +6,9 @@
     <checkpoints>/latest/damaged_<step>           a checkpoint that could not be restored (set aside)
 
 Saves are asynchronous and atomic (orbax writes a temporary folder and renames it), so a crash
-during a save leaves the previous checkpoint intact; `close()` waits for pending saves. The two
+during a save leaves the previous checkpoint intact; `close()` waits for pending saves. The
+temporary folder of a save that a crash (or a second Ctrl-C) cut short is removed when the run
+starts again (`remove_unfinished_saves`), so a workdir holds three checkpoints at a time. The two
 latest checkpoints are kept: when the newest cannot be restored (a truncated file, damaged
 metadata), the one before it is, and the damaged one is moved aside, never deleted. The best
 manager records the metric with each save (`best_fn`), so `best_step()` survives restarts; a
@@ -26,6 +28,7 @@ from etils import epath
 from bridgegap_jax.base.errors import UserError
 
 KEEP_LATEST = 2
+UNFINISHED_SAVE = "*.orbax-checkpoint-tmp*"  # orbax's temporary folder of a save not yet committed
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -44,7 +47,13 @@ def _everywhere(ok: bool) -> bool:
 
 
 def _reason(error: Exception) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())[:200]
+    """The error in one line. orbax wraps a failed read of an array in an error that names the array's
+    index and ends in 'See full TensorStore details: <bound method ...>': its cause says what is wrong.
+    TensorStore's messages end in the store's spec ('[tensorstore_spec=...]'), of no use to a user."""
+    if "See full TensorStore details" in str(error) and error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).split(" [tensorstore_spec=", 1)[0]
+    return " ".join(f"{type(error).__name__}: {text}".split())[:400]
 
 
 class RunCheckpoints:
@@ -64,6 +73,19 @@ class RunCheckpoints:
             ),
             item_names=("model",),
         )
+
+    def remove_unfinished_saves(self) -> list[str]:
+        """Delete the temporary folders of saves that never finished (the run that made them is gone:
+        call it only with the workdir locked); a line saying so, if there were any."""
+        unfinished = sorted(
+            path for manager in (self._latest, self._best) for path in manager.directory.glob(UNFINISHED_SAVE)
+        )
+        for path in unfinished:
+            path.rmtree()
+        if not unfinished:
+            return []
+        names = ", ".join(f"{path.parent.name}/{path.name}" for path in unfinished)
+        return [f"removed {len(unfinished)} unfinished checkpoint save(s) of an interrupted session: {names}"]
 
     # --- latest: everything needed to resume exactly ---------------------------------------
     def latest_step(self) -> int | None:

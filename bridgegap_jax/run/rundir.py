@@ -23,6 +23,7 @@ import json
 import math
 import numbers
 import os
+import pathlib
 import socket
 import time
 from typing import Any
@@ -75,6 +76,19 @@ class RunDir:
     @property
     def checkpoints(self) -> epath.Path:
         return self.path / CHECKPOINTS_DIR
+
+    def create(self) -> bool:
+        """Make the workdir (and the folders above it); True if this call made it. (On a local file
+        system the last mkdir is exclusive, so of two runs starting at once only one made it; gs://
+        has no folders to make: False.)"""
+        if "://" in str(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
+            return False
+        try:
+            pathlib.Path(self.path).mkdir(parents=True)
+        except FileExistsError:
+            return False
+        return True
 
     def check_usable(self) -> None:
         """A workdir that is a file is refused before anything is read or written."""
@@ -177,6 +191,65 @@ def writing(workdir: str):
         ) from None
 
 
+def lock_everywhere(run_dir: RunDir) -> WorkdirLock:
+    """Create the workdir and lock it: process 0 takes the lock, every process learns whether it did
+    (refused: a workdir this start created is removed again, empty). All of it while a stop signal
+    waits (stopping.guard); from then on, an immediate end releases the lock and removes a workdir
+    this start created if nothing was saved in it (stopping.hold)."""
+    import jax
+
+    from bridgegap_jax.run import stopping
+
+    main_process = jax.process_index() == 0
+    with stopping.guard():
+        with writing(run_dir.workdir):
+            created = run_dir.create()
+        lock = run_dir.lock()
+        try:
+            _take_everywhere(lock, main_process)
+        except (RunDirError, OSError):
+            if created and main_process and not any(run_dir.path.iterdir()):
+                run_dir.path.rmdir()
+            raise
+        stopping.hold(run_dir, lock if main_process else None, new=created)
+    return lock
+
+
+def _take_everywhere(lock: WorkdirLock, main_process: bool) -> None:
+    import jax
+    import numpy as np
+
+    error = None
+    if main_process:
+        try:
+            taken_over = lock.acquire()
+        except (RunDirError, OSError) as e:  # busy, unwritable, a full disk
+            error = e
+        else:
+            if taken_over:
+                print(taken_over, flush=True)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+        if refused and error is None:
+            error = RunDirError("process 0 could not lock the workdir: see its output")
+    if error is not None:
+        raise error
+
+
+def unlock(lock: WorkdirLock) -> None:
+    """At the end of the run, whatever the end: process 0 releases the lock."""
+    import jax
+
+    from bridgegap_jax.run import stopping
+
+    with stopping.guard():
+        if jax.process_index() == 0:
+            lock.release()
+        stopping.hold(None)
+
+
 def lookup(tree: dict, dotted: str):
     """tree['a']['b'] for 'a.b'; None where a key is missing."""
     for key in dotted.split("."):
@@ -199,14 +272,24 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 class WorkdirLock:
     """One run per workdir. The holder writes who it is and, as it goes, when it last made progress.
 
-    A lock is taken over when its holder is gone: a process of this host that no longer exists
-    (killed, crashed), or a holder on another host silent for STALE_LOCK_SECONDS (a preempted pod),
-    whatever else the record holds; and a record that does not read (cut short) is nobody's.
+    A lock is taken over when its holder is gone: on this host, a process that no longer exists
+    (killed, crashed) or whose pid now belongs to another process; on another host, a holder silent
+    for STALE_LOCK_SECONDS (a preempted pod), whatever else the record holds; and a record that does
+    not read (cut short) is nobody's. A container or VM restarted after a crash keeps its host name,
+    and its entrypoint often gets the pid of the one before (1 in a container): so the record holds
+    the boot id and the process's start time too, and a pid that is alive is the holder only if both
+    match (a record without them, of an older version: only if it is not this very process).
     """
 
     def __init__(self, path: epath.Path, workdir: str):
         self.path, self.workdir = path, workdir
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
+        self.me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "since": _now(),
+            "boot_id": _boot_id(),
+            "started": _start_time(os.getpid()),
+        }
         self._last_beat = 0.0
 
     def holder(self) -> dict | None:
@@ -225,9 +308,12 @@ class WorkdirLock:
                 time.sleep(0.5)
         return {}
 
-    def acquire(self) -> None:
+    def acquire(self) -> str | None:
+        """Take the lock, or refuse with who holds it; returns a line that says whose stale lock was
+        taken over, if one was."""
         holder = self.holder()
-        if holder is not None and not self._is_stale(holder):
+        gone = None if holder is None else self._gone(holder)
+        if holder is not None and gone is None:
             raise RunDirError(
                 f"{self.workdir} is in use by pid {holder.get('pid')} on {holder.get('host')} since "
                 f"{holder.get('since')} (last progress {holder.get('heartbeat')}); wait for that run, or stop it "
@@ -241,17 +327,25 @@ class WorkdirLock:
             # Object stores have no exclusive create (and no half-written objects).
             if "://" in str(self.path):
                 self.path.write_text(record)
-                return
-            try:  # exclusive create: of two runs starting at once, one wins
-                lock = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return self.acquire()  # the other one won: refuse with its details
-            try:
-                with os.fdopen(lock, "w") as f:
-                    f.write(record)
-            except OSError:
-                self.path.unlink(missing_ok=True)  # ours, cut short (a full disk): it must lock nothing
-                raise
+            else:
+                try:  # exclusive create: of two runs starting at once, one wins
+                    lock = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return self.acquire()  # the other one won: refuse with its details
+                try:
+                    with os.fdopen(lock, "w") as f:
+                        f.write(record)
+                except OSError:
+                    self.path.unlink(missing_ok=True)  # ours, cut short (a full disk): it must lock nothing
+                    raise
+        if holder is None:
+            return None
+        if not holder:
+            return f"took over {self.path}, which did not read (cut short by a crash or a full disk)"
+        return (
+            f"took over {self.path} of pid {holder.get('pid')} on {holder.get('host')} since "
+            f"{holder.get('since')}: {gone}"
+        )
 
     def heartbeat(self) -> None:
         """Record progress (at most once a minute), so other hosts can tell a live holder from a dead one."""
@@ -261,23 +355,51 @@ class WorkdirLock:
 
     def release(self) -> None:
         holder = self.holder()
-        if (
-            holder is not None
-            and holder.get("pid") == self.me["pid"]
-            and holder.get("host") == self.me["host"]
-        ):
+        if holder and all(holder.get(key) == self.me[key] for key in ("host", "pid", "started")):
             self.path.unlink(missing_ok=True)
 
-    def _is_stale(self, holder: dict) -> bool:
-        if holder.get("host") == self.me["host"]:
-            return not _process_exists(holder.get("pid"))
-        try:
-            silent = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(
-                holder["heartbeat"]
-            )
-        except (KeyError, TypeError, ValueError):  # no time, or not one with a zone (not ours)
-            return True
-        return silent.total_seconds() > STALE_LOCK_SECONDS
+    def _gone(self, holder: dict) -> str | None:
+        """Why the holder of `holder` is gone (its lock is stale), or None: it may be running."""
+        if holder.get("host") != self.me["host"]:
+            try:
+                silent = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(
+                    holder["heartbeat"]
+                )
+            except (KeyError, TypeError, ValueError):  # no time, or not one with a zone (not ours)
+                return "its record holds no time of progress"
+            if silent.total_seconds() > STALE_LOCK_SECONDS:
+                return f"no progress for {silent.total_seconds() / 60:.0f} minutes"
+            return None
+        pid = holder.get("pid")
+        if not _process_exists(pid):
+            return "that process is gone"
+        if holder.get("boot_id") not in (None, self.me["boot_id"]):
+            return "this host was restarted since"
+        started, now = holder.get("started"), _start_time(pid)
+        if started is not None and now is not None:
+            return None if started == now else f"pid {pid} is now another process, started after it"
+        if started is None and pid == self.me["pid"]:  # an older version's record, naming this process
+            return f"pid {pid} is this process (a container or VM restarted)"
+        return None
+
+
+def _boot_id() -> str | None:
+    """This boot of the machine (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: Any) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux /proc/PID/stat, field 22), which
+    tells it from a later process with the same pid; None where it cannot be read."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])  # the fields after the command's ')'
+    except (OSError, ValueError, TypeError, IndexError):
+        return None
 
 
 def _process_exists(pid: Any) -> bool:

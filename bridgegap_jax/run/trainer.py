@@ -30,7 +30,7 @@ from bridgegap_jax.run.checkpoint import RunCheckpoints
 from bridgegap_jax.run.clock import Clock, hms
 from bridgegap_jax.run.results import environment, result_line
 from bridgegap_jax.run.run_log import RunLog
-from bridgegap_jax.run.rundir import RunDir, RunDirError
+from bridgegap_jax.run.rundir import RunDir
 
 
 class NonFiniteError(UserError, RuntimeError):
@@ -82,6 +82,8 @@ class Trainer:
         self.checkpoints = RunCheckpoints(run_dir.checkpoints)
         self.stop_check = stopping.StopCheck()
         self.notes = []  # lines for the start of the run
+        if jax.process_index() == 0:  # (the workdir is locked: no save of another run is under way)
+            self.notes += self.checkpoints.remove_unfinished_saves()
         self.state, saved = self._restore_or_init()
         self.progress = Progress() if saved is None else Progress.saved(saved)
         self.clock = Clock(saved)
@@ -189,10 +191,10 @@ class Trainer:
         for note in self.notes:
             self.log.line(note)
         if self.checkpoints.latest_step() is not None:
-            self.log.line(
-                f"resuming {self.run_dir.workdir} at step {int(self.state.step)}: epoch {epoch}, "
-                f"step {step} of {self.steps_per_epoch}"
-            )
+            where = f"epoch {epoch}, step {step} of {self.steps_per_epoch}"
+            if epoch > epochs:  # every epoch trained and validated: the test is left
+                where = "training done, the test is left"
+            self.log.line(f"resuming {self.run_dir.workdir} at step {int(self.state.step)}: {where}")
         plan = input_pipeline.run_plan(self.dataset, self.options, epochs)
         reader = input_pipeline.BatchReader(self.dataset, plan, self.options)
         start = reader.segment_start(2 * (epoch - 1)) + (step if epoch <= epochs else 0)
@@ -244,6 +246,8 @@ class Trainer:
             self.state, metrics, selected = self.step_fn(
                 self.state, device["image"], device["labels"], jnp.asarray(ks)
             )
+            if step_in_epoch == first + 1:  # this session's first step: from now on a stop saves it
+                stopping.something_to_save()
             self.clock.count(rows)
             self.host_state.record(batch["batch_index"], selected)
             progress.step_in_epoch = step_in_epoch
@@ -320,6 +324,7 @@ class Trainer:
         with self.clock.paused():
             val = self._evaluate("validation", state.model_vars(), batches)
         improved = val["map"] > progress.best_val_map
+        stopping.something_to_save()  # the validation is saved now, even after a stop
         if improved:
             self.checkpoints.save_best(int(state.step), state.model_vars(), val["map"])
             progress.best_val_map, progress.best_epoch = val["map"], epoch
@@ -397,24 +402,6 @@ class Trainer:
         return result
 
 
-def _lock_everywhere(lock) -> None:
-    """Process 0 takes the workdir's lock; every process learns whether it did."""
-    error = None
-    if jax.process_index() == 0:
-        try:
-            lock.acquire()
-        except (RunDirError, OSError) as e:  # busy, unwritable, a full disk
-            error = e
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
-        if refused and error is None:
-            error = RunDirError("process 0 could not lock the workdir: see its output")
-    if error is not None:
-        raise error
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Run (or resume, or just report) the whole protocol in `workdir`; returns the result."""
     configuration.check(config)
@@ -435,16 +422,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.model.pretrained:
         pretrained.read_info(config.model.pretrained)  # missing weights: fail before the workdir exists
 
-    created = not run_dir.path.exists()
-    with rundir.writing(workdir):
-        run_dir.path.mkdir(parents=True, exist_ok=True)
-    lock = run_dir.lock()
-    try:
-        _lock_everywhere(lock)
-    except (RunDirError, OSError):
-        if created and main_process and not any(run_dir.path.iterdir()):
-            run_dir.path.rmdir()
-        raise
+    lock = rundir.lock_everywhere(run_dir)
     try:
         changes = {}
         if main_process:  # again, now that no other run can change the workdir
@@ -454,5 +432,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             run_dir.store_config(config_json)
         return trainer.run(heartbeat=lock.heartbeat if main_process else lambda: None)
     finally:
-        if main_process:
-            lock.release()
+        rundir.unlock(lock)

@@ -26,7 +26,7 @@ import time
 import jax
 import numpy as np
 from helpers import TINY_DEMO
-from multihost_driver import shorten
+from multihost_driver import SLOW_HOST_VAR, shorten
 
 from bridgegap_jax.base import sharding
 from bridgegap_jax.data import input_pipeline
@@ -52,12 +52,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_two_processes(workdir, data_dir):
+def start_two_processes(workdir, data_dir, slow_host_s=0):
     """Start both processes of one run: (the processes, finish), finish() waiting for them: (return
-    codes, outputs)."""
+    codes, outputs). `slow_host_s`: process 1 starts its run that much later (multihost_driver)."""
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        **({SLOW_HOST_VAR: str(slow_host_s)} if slow_host_s else {}),
     )  # the session's compilation cache (conftest): the restarted run reuses the first run's programs
     flags = [
         f"--config={TINY_DEMO}",
@@ -153,7 +154,9 @@ def test_two_processes_stop_together_at_sigterm_and_resume_to_the_uninterrupted_
     assert codes == [0, 0], outputs
     assert f"resuming {split} at step {step}" in outputs[0] and "on 8 device(s)" in outputs[0]
     assert "test mAP" in outputs[0] and "resuming" not in outputs[1] and "test mAP" not in outputs[1]
-    codes, outputs = start_two_processes(whole_2, demo_data_dir)[1]()  # uninterrupted, two processes
+    # Uninterrupted, two processes, one of them a slow host: 40 s behind at the first collective (the
+    # lock), more than the 30 s that gloo gives processes to meet there (main meets them before).
+    codes, outputs = start_two_processes(whole_2, demo_data_dir, slow_host_s=40)[1]()
     assert codes == [0, 0], outputs
 
     with open(os.path.join(split, rundir.RESULT_FILE)) as f:
