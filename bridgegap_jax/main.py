@@ -33,6 +33,7 @@ if __name__ == "__main__":  # the command: before the imports below, which take 
 from absl import app, flags  # (after the stop signals are ours)
 from ml_collections import config_flags
 
+from bridgegap_jax.base.errors import answer_help
 from bridgegap_jax.model import xla_options
 
 config_flags.DEFINE_config_file(
@@ -71,7 +72,6 @@ flags.DEFINE_string(
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of its one-line message.")
 
 EXIT_USER_ERROR = 2
-HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 CONFIG_FILE_ERROR = "Error whilst parsing config file"  # ml_collections' text when get_config raises
 
 
@@ -155,8 +155,7 @@ def find_config_file(argv: list[str]) -> None:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parsing, with a bad --config override or config file reported in one line; --help exits 0."""
-    if any(arg in HELP_FLAGS for arg in argv[1:]):
-        app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True, exitcode=0)
+    answer_help(argv)
     find_config_file(argv)
     try:
         return flags.FLAGS(argv)

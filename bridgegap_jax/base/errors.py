@@ -13,3 +13,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def answer_help(argv: list[str]) -> None:
+    """For absl commands: a help request prints the usage and exits 0 (absl's own --help exits 1)."""
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        from absl import app
+
+        app.usage(shorthelp="--helpfull" not in argv, writeto_stdout=True, exitcode=0)

@@ -5,7 +5,7 @@ import sys
 
 from absl import app, flags
 
-HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+from bridgegap_jax.base.errors import answer_help
 
 
 def define_flags():
@@ -48,6 +48,5 @@ def run(argv):
 
 
 define_flags()
-if any(arg in HELP_FLAGS for arg in sys.argv[1:]):  # absl's own --help exits with 1
-    app.usage(shorthelp="--helpfull" not in sys.argv, writeto_stdout=True, exitcode=0)
+answer_help(sys.argv)
 app.run(run)
