@@ -748,7 +748,7 @@ def test_unfinished_saves_are_removed_with_one_line(tmp_path):
     ):
         (tmp_path / "checkpoints" / name / "state").mkdir(parents=True)
     assert checkpoints.remove_unfinished_saves() == [
-        "removed 3 unfinished checkpoint save(s) of an interrupted session: best/25.orbax-checkpoint-tmp, "
+        "removed 3 unfinished checkpoint save(s) left by an interrupted run: best/25.orbax-checkpoint-tmp, "
         "latest/15.orbax-checkpoint-tmp, latest/16.orbax-checkpoint-tmp-1700000000"
     ]
     assert checkpoints.remove_unfinished_saves() == []  # said once

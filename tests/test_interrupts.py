@@ -171,7 +171,7 @@ def test_a_second_ctrl_c_during_the_stops_save_ends_at_once_and_the_next_start_c
     third = start(workdir, demo_data_dir)
     stdout, stderr = third.communicate(timeout=600)
     assert third.returncode == 0, stderr[-3000:]
-    removed = f"removed 1 unfinished checkpoint save(s) of an interrupted session: latest/{abandoned[0]}"
+    removed = f"removed 1 unfinished checkpoint save(s) left by an interrupted run: latest/{abandoned[0]}"
     assert (started + stdout).count(removed) == 1  # by whichever start got to it first
     assert saves_in_flight(workdir) == [] and "test: test mAP" in stdout
 

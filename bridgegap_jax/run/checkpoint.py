@@ -85,7 +85,9 @@ class RunCheckpoints:
         if not unfinished:
             return []
         names = ", ".join(f"{path.parent.name}/{path.name}" for path in unfinished)
-        return [f"removed {len(unfinished)} unfinished checkpoint save(s) of an interrupted session: {names}"]
+        return [
+            f"removed {len(unfinished)} unfinished checkpoint save(s) left by an interrupted run: {names}"
+        ]
 
     # --- latest: everything needed to resume exactly ---------------------------------------
     def latest_step(self) -> int | None:

@@ -6,11 +6,11 @@ signal raises anything: Python's own handlers only record it, and a thread of th
 Python's signal wakeup file descriptor (written by the C-level handler, whatever the main thread is
 doing: an import, a compilation, an orbax call), decides:
 
-- While the session has nothing to save (start-up: imports, checks, restoring, compiling; or an
+- While the command has nothing to save (start-up: imports, checks, restoring, compiling; or an
   evaluation not yet finished), the first stop ends the process at once: one line, the workdir's
   lock released, and a workdir this start created removed while it holds no checkpoint or result,
   so a stop before anything was trained leaves nothing behind.
-- Once the session has something to save (its first training step; a validation about to be saved),
+- Once the command has something to save (its first training step; a validation about to be saved),
   the trainer asks `StopCheck` at its batch and step boundaries (a read of a Python variable: no host
   sync) and, when a stop is due, saves a checkpoint where it stands and ends with one line.
 - A Ctrl-C after any stop request ends the process within a second or two, whatever it is doing:
@@ -153,7 +153,7 @@ def join_processes() -> None:
 
 def something_to_save() -> None:
     """From now on a stop saves where the run stands before it ends (the trainer: after its first step
-    in this session, and before a validation is saved); until then it ends the process at once."""
+    since this start, and before a validation is saved); until then it ends the process at once."""
     global _has_something_to_save
     with _guard:
         _has_something_to_save = True

@@ -246,7 +246,7 @@ class Trainer:
             self.state, metrics, selected = self.step_fn(
                 self.state, device["image"], device["labels"], jnp.asarray(ks)
             )
-            if step_in_epoch == first + 1:  # this session's first step: from now on a stop saves it
+            if step_in_epoch == first + 1:  # the first step since this start: from now on a stop saves it
                 stopping.something_to_save()
             self.clock.count(rows)
             self.host_state.record(batch["batch_index"], selected)
