@@ -181,9 +181,11 @@ def steps_entry(batch: int, optimizer: str, factor: float, epochs: int, scaling:
     }
 
 
-# The cost of a run of the curve, for planning (measured on this repository's 2-core CPU VM, idle):
-# training images/s by batch, seconds per validation pass (1,280 images), start-up and test.
-STEPS_IMAGES_PER_S = {16: 560, 64: 600, 256: 600, 1024: 520, 4096: 450}
+# The cost of a run of the curve, for planning: training images/s by batch on this repository's 2-core
+# CPU VM when idle (the finetune_batch table: 16 -> 560, 128 -> 640, 512 -> 580, 2048 -> 450; 4,096
+# extrapolated), seconds per validation pass (1,280 images), start-up and test. Loaded by other jobs,
+# the VM took 1.6x (batch 16) to 2.8x (4,096) these estimates.
+STEPS_IMAGES_PER_S = {16: 560, 64: 600, 256: 600, 1024: 520, 4096: 400}
 STEPS_VALIDATION_S, STEPS_START_S = 1.5, 90
 
 
