@@ -200,6 +200,8 @@ def plot(runs: list[CurveRun], target: float, path: str, noise_scale: float | No
     figure, axes = plt.subplots(figsize=(6.4, 4.8))
     if reached:
         axes.plot(list(reached), list(reached.values()), "o-", color="C0", label="steps to the target")
+        for batch, steps in reached.items():
+            axes.annotate(f"{steps:,}", (batch, steps), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if missed:
         label = "not reached in its budget (at the budget)"
         axes.plot(list(missed), list(missed.values()), "^", color="C3", mfc="none", ms=9, label=label)
@@ -211,7 +213,8 @@ def plot(runs: list[CurveRun], target: float, path: str, noise_scale: float | No
         axes.axvline(noise_scale, color="C2", ls=":", label=f"gradient noise scale {noise_scale:,.0f}")
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")
-    axes.set_xticks(sorted(chosen), [str(batch) for batch in sorted(chosen)])
+    batches = sorted({run.batch for run in runs})
+    axes.set_xticks(batches, [str(batch) for batch in batches])
     axes.set_xlabel("batch size")
     axes.set_ylabel(f"steps to validation mAP >= {target:.2f}")
     axes.grid(True, which="both", alpha=0.3)

@@ -344,8 +344,9 @@ class Trainer:
         """A validation inside the epoch (train.validate_every_steps); the best checkpoint stays per epoch."""
         plan = input_pipeline.eval_plan(self.dataset, "validation", self.options)
         reader = input_pipeline.BatchReader(self.dataset, plan, self.options)  # read here, between steps
+        model_vars = jax.block_until_ready(self.state.model_vars())  # its step's time is training time
         with self.clock.paused():
-            val = self._evaluate("validation", self.state.model_vars(), map(reader, range(len(reader))))
+            val = self._evaluate("validation", model_vars, map(reader, range(len(reader))))
         self.log.line(
             f"epoch {epoch} step {step_in_epoch}/{self.steps_per_epoch}: validation mAP {val['map']:.2f}"
         )
