@@ -273,9 +273,7 @@ def prepare(args) -> str:
     if args.name in catalog.BUILT_IN:
         return built_in.build(args.data_dir, args.name, overwrite=args.overwrite)
     if not args.source:
-        raise UserError(
-            f"{args.name} is prepared from its downloads: give --source=<folder> (docs/data.md)"
-        )
+        raise UserError(f"{args.name} is prepared from its downloads: give --source=<folder> (docs/data.md)")
     args.source = os.path.expanduser(args.source)
     if not os.path.isdir(args.source):
         raise UserError(f"--source={args.source} is not a folder")
