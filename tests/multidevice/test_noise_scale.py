@@ -14,7 +14,7 @@ def test_8_devices_measure_the_noise_scale_of_one_device():
     from configs import demo
 
     config = demo.get_config("tiny")
-    model, tx = configuration.model(config, 10), configuration.optimizer(config)
+    model, tx = configuration.model(config, 10), configuration.optimizer(config).tx
     scheme = schemes.create("LL-R", 0.05)
     one = sharding.make_mesh(jax.devices()[:1])
     host_state = jax.device_get(steps.create_state(model, tx, 32, 0, one))
