@@ -55,9 +55,9 @@ def inject(fault: str, at_step: int, workdir: str) -> None:
         rename = async_path.rename
 
         async def slow_rename(src, dst):
-            if "orbax-checkpoint-tmp" in src.name and src.parent.name == "latest":
-                if int(src.name.split(".")[0]) > at_step:
-                    await asyncio.sleep(20)
+            slow = "orbax-checkpoint-tmp" in src.name and src.parent.name == "latest"
+            if slow and int(src.name.split(".")[0]) > at_step:
+                await asyncio.sleep(20)
             return await rename(src, dst)
 
         async_path.rename = slow_rename

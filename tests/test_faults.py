@@ -747,9 +747,9 @@ def test_unfinished_saves_are_removed_with_one_line(tmp_path):
         "best/25.orbax-checkpoint-tmp",
     ):
         (tmp_path / "checkpoints" / name / "state").mkdir(parents=True)
+    removed = "best/25.orbax-checkpoint-tmp, latest/15.orbax-checkpoint-tmp, latest/16.orbax-checkpoint-tmp-1700000000"
     assert checkpoints.remove_unfinished_saves() == [
-        "removed 3 unfinished checkpoint save(s) left by an interrupted run: best/25.orbax-checkpoint-tmp, "
-        "latest/15.orbax-checkpoint-tmp, latest/16.orbax-checkpoint-tmp-1700000000"
+        f"removed 3 unfinished checkpoint save(s) left by an interrupted run: {removed}"
     ]
     assert checkpoints.remove_unfinished_saves() == []  # said once
     assert sorted(os.listdir(tmp_path / "checkpoints" / "latest")) == []
